@@ -1,0 +1,56 @@
+//! Counters the kernel keeps in the per-CPU `STATS` array.
+//!
+//! Losses are counted twice: here (global, per cause) and in the traced
+//! task's `FilterEntry::lost` (so the loss reaches that task's record).
+
+use crate::event::EventKind;
+
+/// Index of the "ring buffer full" loss counter for events of `kind`.
+pub const fn ringbuf_full(kind: EventKind) -> u32 {
+    kind as u32
+}
+
+/// An event could not be assembled (scratch buffer unavailable).
+pub const SCRATCH_UNAVAILABLE: u32 = EventKind::COUNT as u32;
+/// Opens suppressed in the kernel because this task already reported the
+/// same file with the same access.
+pub const OPEN_REPEAT_SUPPRESSED: u32 = SCRATCH_UNAVAILABLE + 1;
+/// Successful opens of things that are not regular files (pipes, sockets,
+/// directories, devices, anonymous inodes): not files, not reported.
+pub const OPEN_NOT_REGULAR: u32 = SCRATCH_UNAVAILABLE + 2;
+/// Forced ring-buffer wakeups (buffer filling up between timer drains).
+pub const FORCED_WAKEUPS: u32 = SCRATCH_UNAVAILABLE + 3;
+/// The dedup map refused an insert: the event was still sent.
+pub const DEDUP_INSERT_FAILED: u32 = SCRATCH_UNAVAILABLE + 4;
+
+/// Size of the `STATS` array.
+pub const STATS_LEN: u32 = SCRATCH_UNAVAILABLE + 8;
+
+/// Human names for the counters, for metrics and records.
+pub fn stat_name(index: u32) -> Option<&'static str> {
+    if index >= 1 && (index as usize) < EventKind::COUNT {
+        return EventKind::from_u16(index as u16).map(|k| match k {
+            EventKind::Exec => "lost_ringbuf_full_exec",
+            EventKind::Fork => "lost_ringbuf_full_fork",
+            EventKind::Exit => "lost_ringbuf_full_exit",
+            EventKind::Open => "lost_ringbuf_full_open",
+            EventKind::Rename => "lost_ringbuf_full_rename",
+            EventKind::Unlink => "lost_ringbuf_full_unlink",
+            EventKind::CgroupMkdir => "lost_ringbuf_full_cgroup_mkdir",
+            EventKind::CgroupRmdir => "lost_ringbuf_full_cgroup_rmdir",
+        });
+    }
+    Some(match index {
+        SCRATCH_UNAVAILABLE => "lost_scratch_unavailable",
+        OPEN_REPEAT_SUPPRESSED => "open_repeat_suppressed",
+        OPEN_NOT_REGULAR => "open_not_regular_file",
+        FORCED_WAKEUPS => "ringbuf_forced_wakeups",
+        DEDUP_INSERT_FAILED => "dedup_insert_failed",
+        _ => return None,
+    })
+}
+
+/// Whether the counter at `index` counts lost events.
+pub const fn is_loss(index: u32) -> bool {
+    (index >= 1 && (index as usize) < EventKind::COUNT) || index == SCRATCH_UNAVAILABLE
+}

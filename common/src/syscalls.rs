@@ -1,0 +1,30 @@
+//! Syscall numbers the programs react to (x86_64; other architectures
+//! would add a table here and nothing else).
+
+pub const OPEN: u32 = 2;
+pub const RENAME: u32 = 82;
+pub const CREAT: u32 = 85;
+pub const UNLINK: u32 = 87;
+pub const UNLINKAT: u32 = 263;
+pub const RENAMEAT: u32 = 264;
+pub const OPENAT: u32 = 257;
+pub const RENAMEAT2: u32 = 316;
+pub const OPENAT2: u32 = 437;
+
+/// `AT_FDCWD`: a dirfd meaning "relative to the working directory".
+pub const AT_FDCWD: i32 = -100;
+
+pub const fn name(nr: u32) -> &'static str {
+    match nr {
+        OPEN => "open",
+        RENAME => "rename",
+        CREAT => "creat",
+        UNLINK => "unlink",
+        UNLINKAT => "unlinkat",
+        RENAMEAT => "renameat",
+        OPENAT => "openat",
+        RENAMEAT2 => "renameat2",
+        OPENAT2 => "openat2",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,271 @@
+//! `roar-node run -- CMD`: trace one command locally, no cluster.
+
+use std::{
+    ffi::OsString,
+    os::unix::{ffi::OsStrExt, process::CommandExt},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use roar_node_common::filter::FILTER_NO_SUPPRESS;
+use serde_json::json;
+
+use crate::{
+    attribution::cgroupfs::{LocalCgroup, find_cgroup2},
+    engine::Engine,
+    events::reader::EventReader,
+    probes::{ProbeOptions, Probes, preflight},
+    records::{
+        CaptureFacts, Clock, FinishedTask, RecordBuilder, TaskIdentity, filters::FilterConfig,
+        hashing::HashPool,
+    },
+    sinks::{Sink, bundle::BundleDir},
+    tasks::TaskLimits,
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory the bundle is written to.
+    #[arg(long, default_value = "./roar-bundles", env = "ROAR_NODE_BUNDLE_DIR")]
+    pub bundle_dir: PathBuf,
+    /// Task name in the record (default: the command line).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Ring buffer size in bytes (a power of two).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub ring_buffer_bytes: u32,
+    /// Report every open, not only the first read and first write of a
+    /// file (more events; for debugging and benchmarks).
+    #[arg(long)]
+    pub no_suppress: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Also print the record to stdout after CMD's own output.
+    #[arg(long)]
+    pub print_record: bool,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<OsString>,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().replace('-', "")[..8].to_string())
+        .unwrap_or_else(|_| "noboot".into())
+}
+
+/// "sh -c 'cat a > b'" style, shortened.
+fn display_command(argv: &[OsString]) -> String {
+    let mut s = argv
+        .iter()
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if s.chars().count() > 120 {
+        s = s.chars().take(117).collect::<String>() + "...";
+    }
+    s
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let opts = ProbeOptions {
+        ring_buffer_bytes: args.ring_buffer_bytes,
+        ..ProbeOptions::default()
+    };
+    preflight::check_capabilities()?;
+    preflight::check_btf(&opts.btf_path)?;
+    let cgroot = find_cgroup2()?;
+    let sink = BundleDir::new(&args.bundle_dir).with_context(|| "bundle directory")?;
+
+    let t0 = Instant::now();
+    let mut probes = Probes::load(opts)?;
+    let mut reader = EventReader::new(probes.take_events()?).context("ring buffer")?;
+    let name = format!("run-{}-{}", std::process::id(), Clock::now_boot_ns());
+    let cg = LocalCgroup::create(&cgroot, &name).context("creating a cgroup for the command")?;
+    let flags = if args.no_suppress {
+        FILTER_NO_SUPPRESS
+    } else {
+        0
+    };
+    probes
+        .traced
+        .trace(cg.id, flags)
+        .context("adding the cgroup to the trace filter")?;
+
+    let pool = Arc::new(HashPool::new(2, 8192, 200_000).context("hash workers")?);
+    let mut engine = Engine::new(pool.clone(), PathBuf::from("/proc"), TaskLimits::default())?;
+    engine.register(cg.id, None);
+
+    // Signals: SIGINT reaches the command from the terminal; we wait for
+    // it to finish and still write the record. SIGTERM is passed on.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+
+    let mut cmd = std::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    let procs_fd = cg.procs_fd();
+    // SAFETY: only async-signal-safe calls (write) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // "0" moves the writing process: the child, before it execs.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => bail!("cannot run {}: {e}", args.command[0].to_string_lossy()),
+    };
+    let child_pid = child.id();
+    let (tx, mut exited) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+
+    let mut status = None;
+    let mut waiting_note = None;
+    loop {
+        tokio::select! {
+            _ = reader.wait() => {}
+            s = &mut exited, if status.is_none() => {
+                status = Some(s.context("waiting for the command")??);
+                waiting_note = Some(Instant::now());
+            }
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child_pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        reader.drain(|b| {
+            engine.handle(b);
+        });
+        if status.is_some() {
+            if !cg.populated().unwrap_or(false) {
+                break;
+            }
+            if let Some(since) = waiting_note
+                && since.elapsed() > Duration::from_secs(2)
+            {
+                if !args.quiet {
+                    eprintln!(
+                        "roar-node: {} exited; waiting for the processes it left running",
+                        args.command[0].to_string_lossy()
+                    );
+                }
+                waiting_note = None;
+            }
+        }
+    }
+    // Every process has left the cgroup, so every event it caused is in
+    // the ring buffer: one last drain gets them all.
+    reader.drain(|b| {
+        engine.handle(b);
+    });
+    let entry = probes.traced.untrace(cg.id);
+    let lost_in_kernel = entry.map(|e| e.lost).unwrap_or(0);
+    let kernel_stats = probes.stats.read();
+    let finished = engine.finish(cg.id).context("task state vanished")?;
+    let _ = cg.remove();
+
+    let status = status.context("no exit status")?;
+    let exit_code = status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    });
+
+    let host = hostname();
+    let argv0 = std::path::Path::new(&args.command[0])
+        .file_name()
+        .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned())
+        .unwrap_or_else(|| "cmd".into());
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("mode".into(), json!("run"));
+    metadata.insert("cgroup".into(), json!({"id": cg.id, "path": cg.rel}));
+    metadata.insert(
+        "kernel_counters".into(),
+        json!(
+            kernel_stats
+                .named()
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        ),
+    );
+    let identity = TaskIdentity {
+        task_id: format!("local:{host}:{}:{}", boot_id(), cg.id),
+        task_name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| display_command(&args.command)),
+        backend: "local".into(),
+        node: host.clone(),
+        execution_role: "task".into(),
+        bundle: Default::default(),
+        command_pid: Some(child_pid),
+        exit_code: Some(exit_code),
+        metadata,
+    };
+    let filters = FilterConfig::default();
+    let builder = RecordBuilder {
+        pool: &pool,
+        filters: &filters,
+        clock: Clock::new(),
+        host,
+    };
+    let mut record = builder.build(FinishedTask {
+        task: finished.task,
+        identity,
+        input_hashes: finished.input_hashes,
+        namespaces: finished.namespaces,
+        capture: CaptureFacts {
+            lost_in_kernel,
+            decode_errors: finished.undecodable_during,
+            partial: None,
+        },
+    });
+    record.bundle.pod = format!("run-{}", record.fragment.job_uid);
+    record.bundle.container = argv0;
+    record.bundle.attempt = "0".into();
+    let path = sink.emit(&record).context("writing the bundle")?;
+    let s = &record.summary;
+    if !args.quiet {
+        eprintln!(
+            "roar-node: {} processes, {} reads, {} writes, {} events, {} lost, {:.2}s -> {}",
+            s.processes,
+            s.reads,
+            s.writes,
+            s.events,
+            s.lost,
+            t0.elapsed().as_secs_f64(),
+            path.display()
+        );
+        if s.lost > 0 {
+            eprintln!(
+                "roar-node: warning: {} events were lost; the record is marked partial",
+                s.lost
+            );
+        }
+    }
+    if args.print_record {
+        println!("{}", serde_json::to_string_pretty(&record.fragment)?);
+    }
+    Ok(exit_code)
+}

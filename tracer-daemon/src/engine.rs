@@ -1,0 +1,181 @@
+//! The event path, shared by `run` and `daemon`: decode a ring-buffer
+//! record, apply it to its task, and start work that must happen promptly
+//! (hashing an input while it is still there, holding a new mount
+//! namespace open while a process still lives in it). Never blocks: a full
+//! hash queue defers the hash to the end of the task, and says so.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use roar_node_common::event::EventKind;
+
+use crate::{
+    events::{Body, Event, parse},
+    records::{
+        hashing::{HashJob, HashPool, HashSlot},
+        mountns::{MountNs, Namespaces},
+    },
+    tasks::{Task, TaskLimits, TaskTable},
+};
+
+/// Counters over all tasks, for metrics and summaries.
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    pub records: u64,
+    pub by_kind: [u64; EventKind::COUNT],
+    /// Records the decoder rejected, by reason.
+    pub undecodable: HashMap<&'static str, u64>,
+}
+
+impl EngineStats {
+    pub fn undecodable_total(&self) -> u64 {
+        self.undecodable.values().sum()
+    }
+}
+
+/// A task taken out of the engine, with what its record needs.
+pub struct Finished {
+    pub task: Task,
+    pub input_hashes: HashMap<Vec<u8>, Arc<HashSlot>>,
+    pub namespaces: Namespaces,
+    /// Undecodable records seen while the task ran: they may have been its
+    /// events.
+    pub undecodable_during: u64,
+}
+
+pub struct Engine {
+    pub table: TaskTable,
+    pub stats: EngineStats,
+    pool: Arc<HashPool>,
+    /// Where process namespaces are opened (`/proc`, or the host's).
+    proc_root: PathBuf,
+    own_ns: u64,
+    namespaces: HashMap<u64, Namespaces>,
+    input_hashes: HashMap<u64, HashMap<Vec<u8>, Arc<HashSlot>>>,
+    undecodable_at_start: HashMap<u64, u64>,
+}
+
+impl Engine {
+    pub fn new(
+        pool: Arc<HashPool>,
+        proc_root: PathBuf,
+        limits: TaskLimits,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            table: TaskTable::new(limits),
+            stats: EngineStats::default(),
+            pool,
+            proc_root,
+            own_ns: MountNs::current()?.inum,
+            namespaces: HashMap::new(),
+            input_hashes: HashMap::new(),
+            undecodable_at_start: HashMap::new(),
+        })
+    }
+
+    /// Starts a task. `ns`: the mount namespace its files are looked up in
+    /// until its processes reveal their own.
+    pub fn register(&mut self, key: u64, ns: Option<Arc<MountNs>>) {
+        self.table.start(key);
+        let nss = self.namespaces.entry(key).or_default();
+        if let Some(ns) = ns {
+            nss.add(ns);
+        }
+        self.undecodable_at_start
+            .insert(key, self.stats.undecodable_total());
+    }
+
+    /// Handles one ring-buffer record. Returns the event when it is not a
+    /// task's (cgroup lifecycle), for attribution to look at.
+    pub fn handle(&mut self, bytes: &[u8]) -> Option<Event> {
+        self.stats.records += 1;
+        let ev = match parse(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                *self.stats.undecodable.entry(e.reason()).or_default() += 1;
+                tracing::warn!(error = %e, "undecodable event");
+                return None;
+            }
+        };
+        self.stats.by_kind[ev.body.kind() as usize] += 1;
+        if matches!(ev.body, Body::Cgroup(_)) {
+            return Some(ev);
+        }
+        self.apply(&ev);
+        None
+    }
+
+    /// Applies an event to its task.
+    pub fn apply(&mut self, ev: &Event) {
+        if !self.table.contains(ev.task) {
+            self.table.unattributed += 1;
+            return;
+        }
+        if let Body::Exec(e) = &ev.body {
+            self.hold_namespace(ev.task, ev.tgid, e.mnt_ns as u64);
+        }
+        let Some(first) = self.table.apply(ev) else {
+            return;
+        };
+        let ns = self.namespace_for(ev.task, first.mnt_ns as u64);
+        let slot = HashSlot::new();
+        let job = HashJob {
+            ns,
+            path: first.path.clone(),
+            expect: Some((first.dev, first.ino)),
+            slot: slot.clone(),
+        };
+        match self.pool.try_submit(job) {
+            Ok(()) => {
+                self.input_hashes
+                    .entry(ev.task)
+                    .or_default()
+                    .insert(first.path, slot);
+            }
+            Err(_) => {
+                if let Some(t) = self.table.get_mut(ev.task) {
+                    t.stats.input_hash_deferred += 1;
+                }
+            }
+        }
+    }
+
+    /// Opens the mount namespace of a process that just exec'd, if its
+    /// task has not seen it yet, so the task's files can be hashed there
+    /// after the process is gone.
+    fn hold_namespace(&mut self, task: u64, tgid: u32, inum: u64) {
+        if inum == 0 || inum == self.own_ns {
+            return;
+        }
+        let nss = self.namespaces.entry(task).or_default();
+        if nss.knows(inum) {
+            return;
+        }
+        match MountNs::of_pid(&self.proc_root, tgid) {
+            Ok(ns) if ns.inum == inum => nss.add(Arc::new(ns)),
+            _ => nss.missed += 1,
+        }
+    }
+
+    /// `None` means the daemon's own namespace.
+    fn namespace_for(&self, task: u64, inum: u64) -> Option<Arc<MountNs>> {
+        if inum == self.own_ns {
+            return None;
+        }
+        self.namespaces
+            .get(&task)
+            .and_then(|n| n.resolve(inum))
+            .filter(|ns| ns.inum != self.own_ns)
+    }
+
+    /// Takes a task out for its record.
+    pub fn finish(&mut self, key: u64) -> Option<Finished> {
+        let task = self.table.finish(key)?;
+        let start = self.undecodable_at_start.remove(&key).unwrap_or(0);
+        Some(Finished {
+            task,
+            input_hashes: self.input_hashes.remove(&key).unwrap_or_default(),
+            namespaces: self.namespaces.remove(&key).unwrap_or_default(),
+            undecodable_during: self.stats.undecodable_total() - start,
+        })
+    }
+}

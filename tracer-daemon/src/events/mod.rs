@@ -1,0 +1,315 @@
+//! Ring-buffer bytes to typed events.
+//!
+//! `roar_node_common::decode` checks the wire format; this module turns a
+//! record into an owned event with whole paths (the kernel sends path
+//! pieces), and counts what it rejects.
+
+pub mod reader;
+
+use roar_node_common::{
+    decode::{DecodeError, RawEvent, RawPath, decode},
+    event::{
+        AT_REMOVEDIR, CGROUP_PATH_TRUNCATED, CGROUP_TRACED, EXEC_ARGV_READ_ERROR,
+        EXEC_ARGV_TRUNCATED, EventKind, FORK_THREAD,
+    },
+    path::PATH_INEXACT,
+};
+
+/// `fmode_t` bits (include/linux/fs.h).
+const FMODE_READ: u32 = 1 << 0;
+const FMODE_WRITE: u32 = 1 << 1;
+/// The open created the file.
+const FMODE_CREATED: u32 = 1 << 20;
+const O_TRUNC: u32 = 0o1000;
+/// renameat2 flag: the two names swapped files.
+const RENAME_EXCHANGE: u32 = 1 << 1;
+
+/// A path as the task saw it, and whether it is exact.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FilePath {
+    pub bytes: Vec<u8>,
+    /// `PATH_*` flags that make it inexact (0 when exact).
+    pub inexact: u16,
+}
+
+impl FilePath {
+    fn from_raw(p: &RawPath<'_>) -> Self {
+        Self {
+            bytes: normalize(&p.to_bytes()),
+            inexact: p.flags & PATH_INEXACT,
+        }
+    }
+}
+
+/// Lexical normalization: drops `.` and empty components and applies `..`.
+/// Only caller-supplied (rename/unlink) paths can contain them; paths the
+/// kernel walked are already canonical.
+pub fn normalize(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for p in &parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The task (its root cgroup id); 0 for cgroup lifecycle events of
+    /// untraced cgroups.
+    pub task: u64,
+    pub tgid: u32,
+    pub pid: u32,
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub time_ns: u64,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Exec(Exec),
+    Fork {
+        child_tgid: u32,
+        child_pid: u32,
+        thread: bool,
+    },
+    Exit {
+        status: u32,
+    },
+    Open(Open),
+    Rename {
+        old: FilePath,
+        new: FilePath,
+        exchange: bool,
+    },
+    Unlink {
+        path: FilePath,
+        dir: bool,
+    },
+    Cgroup(CgroupChange),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub ppid: u32,
+    pub exe: FilePath,
+    pub argv: Vec<Vec<u8>>,
+    pub argv_truncated: bool,
+    pub argv_unreadable: bool,
+    /// argv bytes in the process image.
+    pub argv_total_len: u32,
+    pub mnt_ns: u32,
+    pub uid: u32,
+    pub own_cgroup: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Open {
+    pub path: FilePath,
+    pub read: bool,
+    pub write: bool,
+    pub created: bool,
+    pub truncated: bool,
+    /// Kernel `dev_t` (major << 20 | minor).
+    pub dev: u32,
+    pub ino: u64,
+    pub generation: u32,
+    /// File size when the open returned.
+    pub size: u64,
+    pub syscall: u32,
+}
+
+impl Open {
+    /// Device number in the userspace (`stat`) encoding.
+    pub fn user_dev(&self) -> u64 {
+        let major = (self.dev >> 20) as u64;
+        let minor = (self.dev & 0xfffff) as u64;
+        libc::makedev(major as u32, minor as u32)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupChange {
+    pub created: bool,
+    pub id: u64,
+    pub parent_id: u64,
+    pub level: u32,
+    /// Path below the cgroup2 root, e.g. `/kubepods/besteffort/pod<uid>/<id>`.
+    pub path: Vec<u8>,
+    pub path_truncated: bool,
+    /// The kernel started tracing it because its parent is traced.
+    pub traced_by_kernel: bool,
+}
+
+/// Decodes one ring-buffer record into an owned event.
+pub fn parse(buf: &[u8]) -> Result<Event, DecodeError> {
+    let raw = decode(buf)?;
+    let h = *raw.header();
+    let body = match raw {
+        RawEvent::Exec {
+            data, exe, argv, ..
+        } => Body::Exec(Exec {
+            ppid: data.ppid,
+            exe: FilePath::from_raw(&exe),
+            argv: split_argv(argv),
+            argv_truncated: data.flags & EXEC_ARGV_TRUNCATED != 0,
+            argv_unreadable: data.flags & EXEC_ARGV_READ_ERROR != 0,
+            argv_total_len: data.argv_total_len,
+            mnt_ns: data.mnt_ns,
+            uid: data.uid,
+            own_cgroup: data.own_cgroup_id,
+        }),
+        RawEvent::Fork { data, .. } => Body::Fork {
+            child_tgid: data.child_tgid,
+            child_pid: data.child_pid,
+            thread: data.flags & FORK_THREAD != 0,
+        },
+        RawEvent::Exit { data, .. } => Body::Exit {
+            status: data.exit_code,
+        },
+        RawEvent::Open { data, path, .. } => Body::Open(Open {
+            path: FilePath::from_raw(&path),
+            read: data.f_mode & FMODE_READ != 0,
+            write: data.f_mode & FMODE_WRITE != 0,
+            created: data.f_mode & FMODE_CREATED != 0,
+            truncated: data.open_flags & O_TRUNC != 0 && data.f_mode & FMODE_WRITE != 0,
+            dev: data.dev,
+            ino: data.ino,
+            generation: data.generation,
+            size: data.size,
+            syscall: data.syscall,
+        }),
+        RawEvent::Rename { data, old, new, .. } => Body::Rename {
+            old: FilePath::from_raw(&old),
+            new: FilePath::from_raw(&new),
+            exchange: data.flags & RENAME_EXCHANGE != 0,
+        },
+        RawEvent::Unlink { data, path, .. } => Body::Unlink {
+            path: FilePath::from_raw(&path),
+            dir: data.flags & AT_REMOVEDIR != 0,
+        },
+        RawEvent::Cgroup { data, path, header } => Body::Cgroup(CgroupChange {
+            created: header.kind == EventKind::CgroupMkdir as u16,
+            id: data.id,
+            parent_id: data.parent_id,
+            level: data.level,
+            path: path.to_vec(),
+            path_truncated: data.flags & CGROUP_PATH_TRUNCATED != 0,
+            traced_by_kernel: data.flags & CGROUP_TRACED != 0,
+        }),
+    };
+    Ok(Event {
+        task: h.cgroup_id,
+        tgid: h.tgid,
+        pid: h.pid,
+        time_ns: h.timestamp_ns,
+        body,
+    })
+}
+
+/// argv as the kernel copied it: NUL-terminated strings back to back (the
+/// last one may be cut).
+fn split_argv(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes.split(|b| *b == 0).map(<[u8]>::to_vec).collect()
+}
+
+impl Body {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Body::Exec(_) => EventKind::Exec,
+            Body::Fork { .. } => EventKind::Fork,
+            Body::Exit { .. } => EventKind::Exit,
+            Body::Open(_) => EventKind::Open,
+            Body::Rename { .. } => EventKind::Rename,
+            Body::Unlink { .. } => EventKind::Unlink,
+            Body::Cgroup(c) if c.created => EventKind::CgroupMkdir,
+            Body::Cgroup(_) => EventKind::CgroupRmdir,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use roar_node_common::{
+        decode::encode,
+        event::{EventHeader, OpenData, UnlinkData},
+    };
+
+    use super::*;
+
+    #[test]
+    fn normalizes_caller_paths() {
+        assert_eq!(normalize(b"/a/./b//c/../d"), b"/a/b/d");
+        assert_eq!(normalize(b"/../x"), b"/x");
+        assert_eq!(normalize(b"/"), b"/");
+    }
+
+    #[test]
+    fn argv_splits_on_nul() {
+        assert_eq!(
+            split_argv(b"sh\0-c\0echo hi\0"),
+            vec![b"sh".to_vec(), b"-c".to_vec(), b"echo hi".to_vec()]
+        );
+        assert_eq!(
+            split_argv(b"cut-with-no-nul"),
+            vec![b"cut-with-no-nul".to_vec()]
+        );
+        assert!(split_argv(b"").is_empty());
+        // An empty argument survives.
+        assert_eq!(
+            split_argv(b"a\0\0b\0"),
+            vec![b"a".to_vec(), b"".to_vec(), b"b".to_vec()]
+        );
+    }
+
+    #[test]
+    fn open_access_bits() {
+        let (ph, tail) = encode::path(&encode::walked(b"/w/out.bin"), b"", 0);
+        let data = OpenData {
+            f_mode: FMODE_WRITE | FMODE_CREATED,
+            open_flags: O_TRUNC | 0o1,
+            dev: (8 << 20) | 3,
+            path: ph,
+            ..Default::default()
+        };
+        let rec = encode::record(EventKind::Open, EventHeader::default(), &data, &tail);
+        let Body::Open(o) = parse(&rec).unwrap().body else {
+            panic!()
+        };
+        assert!(o.write && o.created && o.truncated && !o.read);
+        assert_eq!(o.user_dev(), libc::makedev(8, 3));
+        assert_eq!(o.path.bytes, b"/w/out.bin");
+    }
+
+    #[test]
+    fn relative_unlink_is_joined_and_normalized() {
+        let (ph, tail) = encode::path(&encode::walked(b"/w/sub"), b"../x.tmp", 0);
+        let data = UnlinkData {
+            path: ph,
+            ..Default::default()
+        };
+        let rec = encode::record(EventKind::Unlink, EventHeader::default(), &data, &tail);
+        let Body::Unlink { path, dir } = parse(&rec).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(path.bytes, b"/w/x.tmp");
+        assert!(!dir);
+    }
+}

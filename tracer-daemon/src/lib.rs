@@ -1,0 +1,15 @@
+//! roar-node: eBPF provenance capture for ML jobs.
+//!
+//! The folders follow the data: `probes` (kernel programs) -> `events`
+//! (decoding) -> `attribution` (which task) -> `tasks` (per-task state) ->
+//! `records` (hashes, roar's format) -> `sinks` (where records go).
+//! `engine` is the event path shared by the modes; `cli` wires them.
+
+pub mod attribution;
+pub mod cli;
+pub mod engine;
+pub mod events;
+pub mod probes;
+pub mod records;
+pub mod sinks;
+pub mod tasks;

@@ -1,0 +1,67 @@
+//! The kernel's trace filter, seen from userspace.
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, MapError},
+};
+use roar_node_common::filter::FilterEntry;
+
+use super::ProbeError;
+
+const BPF_ANY: u64 = 0;
+
+/// cgroup id -> filter entry (see `roar_node_common::filter`).
+pub struct TracedCgroups {
+    map: HashMap<MapData, u64, FilterEntry>,
+}
+
+impl TracedCgroups {
+    pub(super) fn new(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        let map = ebpf
+            .take_map("TRACED")
+            .ok_or(ProbeError::MissingMap("TRACED"))?;
+        let map = HashMap::try_from(map).map_err(|source| ProbeError::Map {
+            map: "TRACED",
+            source,
+        })?;
+        Ok(Self { map })
+    }
+
+    /// Starts tracing `cgroup` as a task root.
+    pub fn trace(&mut self, cgroup: u64, flags: u32) -> Result<(), MapError> {
+        let entry = FilterEntry {
+            root: cgroup,
+            flags,
+            ..FilterEntry::default()
+        };
+        self.map.insert(cgroup, entry, BPF_ANY)
+    }
+
+    /// The task's entry (its epoch and kernel-side loss count).
+    pub fn get(&self, cgroup: u64) -> Option<FilterEntry> {
+        self.map.get(&cgroup, 0).ok()
+    }
+
+    /// Stops tracing a task: removes its root and every descendant the
+    /// kernel added for it. Returns the root's last entry.
+    pub fn untrace(&mut self, root: u64) -> Option<FilterEntry> {
+        let last = self.get(root);
+        let children: Vec<u64> = self
+            .map
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter(|(id, e)| e.root == root && *id != root)
+            .map(|(id, _)| id)
+            .collect();
+        for id in children {
+            let _ = self.map.remove(&id);
+        }
+        let _ = self.map.remove(&root);
+        last
+    }
+
+    /// Every entry, for diagnostics and tests.
+    pub fn entries(&self) -> Vec<(u64, FilterEntry)> {
+        self.map.iter().filter_map(|kv| kv.ok()).collect()
+    }
+}

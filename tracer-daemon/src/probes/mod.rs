@@ -1,0 +1,199 @@
+//! The only code that talks to aya: load the eBPF object with this
+//! kernel's struct offsets, attach every program, and own the maps the
+//! rest of the daemon uses (trace filter, loss counters, ring buffer).
+
+mod btf;
+mod filter;
+pub mod preflight;
+mod stats;
+
+use std::path::PathBuf;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::{BtfTracePoint, ProgramError, RawTracePoint},
+};
+use roar_node_common::offsets::TracerConfig;
+
+pub use self::{
+    btf::KernelBtf,
+    filter::TracedCgroups,
+    stats::{KernelStats, StatsReader},
+};
+
+/// The compiled programs, built by build.rs from tracer-ebpf.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/roar-node"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("kernel BTF: {0}")]
+    Btf(String),
+    #[error(
+        "this roar-node was built without its eBPF programs (AYA_BUILD_SKIP was set); rebuild with `cargo build`"
+    )]
+    NoPrograms,
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel refused program `{program}`: {reason}")]
+    Refused { program: String, reason: String },
+    #[error("program `{0}` is missing from the eBPF object")]
+    Missing(&'static str),
+    #[error("map `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{0}")]
+    Preflight(String),
+}
+
+/// Knobs for loading.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Ring buffer size: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Wake the consumer once this many bytes are waiting; below that the
+    /// daemon drains on its timer.
+    pub wakeup_bytes: u64,
+    /// Entries of the repeat-open suppression map.
+    pub seen_entries: u32,
+    /// Where the kernel's BTF is.
+    pub btf_path: PathBuf,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 8 << 20,
+            wakeup_bytes: 1 << 20,
+            seen_entries: 256 * 1024,
+            btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+        }
+    }
+}
+
+/// Which programs attach where. tracepoints, raw tracepoints and tp_btf
+/// only: this is the set every kernel we support allows (fentry and LSM
+/// are refused on some, kprobes are missing on others).
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sys_exit", "sys_exit")];
+const BTF_TRACEPOINTS: &[(&str, &str)] = &[
+    ("sched_process_exec", "sched_process_exec"),
+    ("sched_process_fork", "sched_process_fork"),
+    ("sched_process_exit", "sched_process_exit"),
+    ("cgroup_mkdir", "cgroup_mkdir"),
+    ("cgroup_rmdir", "cgroup_rmdir"),
+];
+
+/// Loaded and attached programs, and the maps userspace needs.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub traced: TracedCgroups,
+    pub stats: StatsReader,
+    pub options: ProbeOptions,
+}
+
+impl Probes {
+    /// Loads and attaches everything. Errors are one line each, saying
+    /// what the kernel refused.
+    pub fn load(options: ProbeOptions) -> Result<Self, ProbeError> {
+        if PROGRAMS.is_empty() {
+            return Err(ProbeError::NoPrograms);
+        }
+        if !options.ring_buffer_bytes.is_power_of_two() || options.ring_buffer_bytes < 4096 {
+            return Err(ProbeError::Preflight(format!(
+                "ring buffer size {} is not a power of two of at least 4096 bytes",
+                options.ring_buffer_bytes
+            )));
+        }
+        let kernel = KernelBtf::from_file(&options.btf_path)?;
+        let offsets = kernel.kernel_offsets()?;
+        let config = TracerConfig {
+            wakeup_bytes: options.wakeup_bytes,
+            daemon_tgid: std::process::id(),
+            _pad: 0,
+        };
+        let btf = Btf::parse_file(&options.btf_path, aya::Endianness::default())
+            .map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("KERNEL", &offsets, true)
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", options.ring_buffer_bytes)
+            .map_max_entries("SEEN", options.seen_entries)
+            .load(PROGRAMS)?;
+
+        for (name, tp) in RAW_TRACEPOINTS {
+            let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| refused(name, e))?;
+            prog.attach(tp).map_err(|e| refused(name, e))?;
+        }
+        for (name, tp) in BTF_TRACEPOINTS {
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            prog.load(tp, &btf).map_err(|e| refused(name, e))?;
+            prog.attach().map_err(|e| refused(name, e))?;
+        }
+        let traced = TracedCgroups::new(&mut ebpf)?;
+        let stats = StatsReader::new(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            traced,
+            stats,
+            options,
+        })
+    }
+
+    /// The ring buffer, for the one consumer.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            map: "EVENTS",
+            source,
+        })
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
+    prog.try_into().map_err(|e| refused(name, e))
+}
+
+/// One line for the user; the verifier log goes to the debug log.
+fn refused(name: &str, e: ProgramError) -> ProbeError {
+    let reason = match &e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            tracing::debug!(program = name, "verifier log:\n{verifier_log}");
+            let last = verifier_log.to_string();
+            let last = last
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string();
+            if last.is_empty() {
+                format!(
+                    "{io_error} (empty verifier log: the program type is probably not allowed here)"
+                )
+            } else {
+                format!("{io_error}: {last} (RUST_LOG=debug shows the verifier log)")
+            }
+        }
+        other => other.to_string(),
+    };
+    ProbeError::Refused {
+        program: name.to_string(),
+        reason,
+    }
+}

@@ -1,0 +1,67 @@
+//! Checks made before loading anything, so a user gets one clear line
+//! instead of an EPERM from deep inside the loader.
+
+use std::path::Path;
+
+use super::ProbeError;
+
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// Capabilities roar-node cannot work without, and why.
+pub const REQUIRED: &[(u32, &str)] = &[
+    (CAP_BPF, "CAP_BPF (load programs, create maps)"),
+    (
+        CAP_PERFMON,
+        "CAP_PERFMON (attach tracing programs, read kernel memory)",
+    ),
+    (
+        CAP_SYS_ADMIN,
+        "CAP_SYS_ADMIN (enter a task's mount namespace to hash its files)",
+    ),
+];
+
+/// The effective capability set of this process.
+pub fn effective_caps() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| std::io::Error::other("no CapEff in /proc/self/status"))
+}
+
+pub fn check_capabilities() -> Result<(), ProbeError> {
+    let caps = effective_caps()
+        .map_err(|e| ProbeError::Preflight(format!("cannot read capabilities: {e}")))?;
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .filter(|(bit, _)| caps & (1u64 << bit) == 0)
+        .map(|(_, why)| *why)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let who = if nix::unistd::geteuid().is_root() {
+        "running as root but"
+    } else {
+        "not running as root and"
+    };
+    Err(ProbeError::Preflight(format!(
+        "roar-node needs root or these capabilities; {who} missing: {}",
+        missing.join(", ")
+    )))
+}
+
+pub fn check_btf(path: &Path) -> Result<(), ProbeError> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(ProbeError::Preflight(format!(
+        "no kernel BTF at {}: roar-node needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        path.display()
+    )))
+}

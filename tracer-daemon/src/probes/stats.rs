@@ -1,0 +1,64 @@
+//! The kernel's per-CPU counters (losses by cause, suppressed repeats).
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+};
+use roar_node_common::loss;
+
+use super::ProbeError;
+
+pub struct StatsReader {
+    map: PerCpuArray<MapData, u64>,
+}
+
+/// Counter values summed over CPUs, indexed as `roar_node_common::loss`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub counters: Vec<u64>,
+}
+
+impl KernelStats {
+    /// Named non-zero counters.
+    pub fn named(&self) -> Vec<(&'static str, u64)> {
+        self.counters
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| Some((loss::stat_name(i as u32)?, *v)))
+            .collect()
+    }
+
+    /// Events lost in the kernel, all causes.
+    pub fn lost(&self) -> u64 {
+        self.counters
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| loss::is_loss(*i as u32))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    pub fn get(&self, index: u32) -> u64 {
+        self.counters.get(index as usize).copied().unwrap_or(0)
+    }
+}
+
+impl StatsReader {
+    pub(super) fn new(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        let map = ebpf
+            .take_map("STATS")
+            .ok_or(ProbeError::MissingMap("STATS"))?;
+        let map = PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+            map: "STATS",
+            source,
+        })?;
+        Ok(Self { map })
+    }
+
+    pub fn read(&self) -> KernelStats {
+        let counters = (0..loss::STATS_LEN)
+            .map(|i| self.map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .collect();
+        KernelStats { counters }
+    }
+}

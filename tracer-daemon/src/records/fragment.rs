@@ -1,0 +1,145 @@
+//! roar's record format: the ExecutionFragment bundle that
+//! `roar k8s ingest-bundles` reads (roar-cli 0.4.7,
+//! `roar/execution/fragments/models.py`). roar builds the fragment with
+//! `ExecutionFragment(**payload)`, so the field set must match exactly: an
+//! unknown or missing field makes roar skip the whole fragment.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const HASH_ALGORITHM: &str = "blake3";
+pub const CAPTURE_METHOD: &str = "ebpf";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRef {
+    pub path: String,
+    pub hash: Option<String>,
+    pub hash_algorithm: String,
+    pub size: u64,
+    pub capture_method: String,
+    pub byte_ranges: Option<Vec<[u64; 2]>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fragment {
+    pub job_uid: String,
+    pub parent_job_uid: String,
+    pub task_id: String,
+    pub worker_id: String,
+    pub node_id: String,
+    pub actor_id: Option<String>,
+    pub task_name: String,
+    pub started_at: f64,
+    pub ended_at: f64,
+    pub exit_code: i32,
+    pub backend: String,
+    pub recorded_at: Option<f64>,
+    pub reads: Vec<ArtifactRef>,
+    pub writes: Vec<ArtifactRef>,
+    pub worker_packages: Option<BTreeMap<String, String>>,
+    pub task_identity: String,
+    pub backend_metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    pub fragments: Vec<Fragment>,
+}
+
+/// roar's bundle file name: `roar-fragments-<pod>-<container>-<attempt>.json`
+/// with every character outside `[A-Za-z0-9_.-]` replaced by `-`.
+pub fn bundle_file_name(pod: &str, container: &str, attempt: &str) -> String {
+    let or = |s: &str, d: &'static str| {
+        if s.trim().is_empty() {
+            d.to_string()
+        } else {
+            s.trim().to_string()
+        }
+    };
+    let joined = format!(
+        "{}-{}-{}",
+        or(pod, "pod"),
+        or(container, "main"),
+        or(attempt, "0")
+    );
+    let safe: String = joined
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("roar-fragments-{safe}.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_names_follow_roar() {
+        assert_eq!(
+            bundle_file_name("wf-1/t", "train", "0"),
+            "roar-fragments-wf-1-t-train-0.json"
+        );
+        assert_eq!(
+            bundle_file_name("", "", ""),
+            "roar-fragments-pod-main-0.json"
+        );
+    }
+
+    #[test]
+    fn field_set_is_roars() {
+        let f = Fragment {
+            job_uid: "0a1b2c3d".into(),
+            parent_job_uid: String::new(),
+            task_id: "t".into(),
+            worker_id: String::new(),
+            node_id: "n".into(),
+            actor_id: None,
+            task_name: "x".into(),
+            started_at: 1.0,
+            ended_at: 2.0,
+            exit_code: 0,
+            backend: "local".into(),
+            recorded_at: Some(3.0),
+            reads: vec![],
+            writes: vec![],
+            worker_packages: None,
+            task_identity: String::new(),
+            backend_metadata: Default::default(),
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "actor_id",
+                "backend",
+                "backend_metadata",
+                "ended_at",
+                "exit_code",
+                "job_uid",
+                "node_id",
+                "parent_job_uid",
+                "reads",
+                "recorded_at",
+                "started_at",
+                "task_id",
+                "task_identity",
+                "task_name",
+                "worker_id",
+                "worker_packages",
+                "writes"
+            ]
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Per-task state machines: the process tree and the file accesses of
+//! every traced task, built from events. Pure logic, no kernel, no I/O:
+//! which task an event belongs to is already decided (`events` carries the
+//! task's root cgroup), and when a task is over is decided by the caller
+//! (`roar-node run` waits for its cgroup to empty; the daemon follows
+//! container status).
+
+pub mod files;
+pub mod process;
+
+use std::collections::HashMap;
+
+use roar_node_common::event::EventKind;
+
+pub use self::{
+    files::{FileState, FileTable, FirstRead},
+    process::{Process, ProcessTree},
+};
+use crate::events::{Body, Event};
+
+/// Caps that bound one task's memory.
+#[derive(Clone, Copy, Debug)]
+pub struct TaskLimits {
+    pub max_files: usize,
+    pub max_processes: usize,
+}
+
+impl Default for TaskLimits {
+    fn default() -> Self {
+        Self {
+            max_files: 1_000_000,
+            max_processes: 100_000,
+        }
+    }
+}
+
+/// Counters that go into the task's record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskStats {
+    /// Events applied, by `EventKind`.
+    pub events: [u64; EventKind::COUNT],
+    /// First reads not hashed promptly because the hash queue was full
+    /// (hashed at the end instead).
+    pub input_hash_deferred: u64,
+}
+
+impl TaskStats {
+    pub fn total_events(&self) -> u64 {
+        self.events.iter().sum()
+    }
+}
+
+#[derive(Debug)]
+pub struct Task {
+    /// Root cgroup id.
+    pub key: u64,
+    pub processes: ProcessTree,
+    pub files: FileTable,
+    pub stats: TaskStats,
+    pub first_ns: Option<u64>,
+    pub last_ns: Option<u64>,
+}
+
+impl Task {
+    pub fn new(key: u64, limits: TaskLimits) -> Self {
+        Self {
+            key,
+            processes: ProcessTree::new(limits.max_processes),
+            files: FileTable::new(limits.max_files),
+            stats: TaskStats::default(),
+            first_ns: None,
+            last_ns: None,
+        }
+    }
+
+    /// Applies one event; returns a first read of pre-existing content,
+    /// which the caller hashes right away.
+    pub fn apply(&mut self, ev: &Event) -> Option<FirstRead> {
+        self.stats.events[ev.body.kind() as usize] += 1;
+        self.first_ns.get_or_insert(ev.time_ns);
+        self.last_ns = Some(self.last_ns.map_or(ev.time_ns, |t| t.max(ev.time_ns)));
+        match &ev.body {
+            Body::Exec(e) => self.processes.exec(ev.tgid, e, ev.time_ns),
+            Body::Fork {
+                child_tgid, thread, ..
+            } => self
+                .processes
+                .fork(ev.tgid, *child_tgid, *thread, ev.time_ns),
+            Body::Exit { status } => self.processes.exit(ev.tgid, *status, ev.time_ns),
+            Body::Open(o) => {
+                let ns = self.processes.mnt_ns(ev.tgid);
+                return self.files.open(o, ev.time_ns, ns);
+            }
+            Body::Rename { old, new, exchange } => {
+                self.files.rename(old, new, *exchange, ev.time_ns)
+            }
+            Body::Unlink { path, .. } => self.files.unlink(path),
+            Body::Cgroup(_) => {}
+        }
+        None
+    }
+}
+
+/// Every task being traced, by root cgroup id.
+#[derive(Debug, Default)]
+pub struct TaskTable {
+    tasks: HashMap<u64, Task>,
+    limits: TaskLimits,
+    /// Events for a cgroup no task is registered for.
+    pub unattributed: u64,
+}
+
+impl TaskTable {
+    pub fn new(limits: TaskLimits) -> Self {
+        Self {
+            tasks: HashMap::new(),
+            limits,
+            unattributed: 0,
+        }
+    }
+
+    pub fn start(&mut self, key: u64) -> &mut Task {
+        let limits = self.limits;
+        self.tasks
+            .entry(key)
+            .or_insert_with(|| Task::new(key, limits))
+    }
+
+    pub fn get(&self, key: u64) -> Option<&Task> {
+        self.tasks.get(&key)
+    }
+
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut Task> {
+        self.tasks.get_mut(&key)
+    }
+
+    pub fn contains(&self, key: u64) -> bool {
+        self.tasks.contains_key(&key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Applies an event to its task. Unknown tasks are counted.
+    pub fn apply(&mut self, ev: &Event) -> Option<FirstRead> {
+        match self.tasks.get_mut(&ev.task) {
+            Some(t) => t.apply(ev),
+            None => {
+                self.unattributed += 1;
+                None
+            }
+        }
+    }
+
+    /// Ends a task: it leaves the table for its record to be made.
+    pub fn finish(&mut self, key: u64) -> Option<Task> {
+        self.tasks.remove(&key)
+    }
+}

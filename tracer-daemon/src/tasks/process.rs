@@ -1,0 +1,203 @@
+//! The process tree of one task.
+
+use std::collections::BTreeMap;
+
+use crate::events::{Exec, FilePath};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    pub tgid: u32,
+    /// Parent process, when known (a process that entered the task by
+    /// being moved into its cgroup has a parent outside it).
+    pub ppid: Option<u32>,
+    /// argv of the last exec (inherited from the parent until it execs).
+    pub argv: Vec<Vec<u8>>,
+    pub argv_truncated: bool,
+    pub argv_total_len: u32,
+    pub exe: Option<FilePath>,
+    pub execs: u32,
+    /// Threads started besides the main one.
+    pub threads: u32,
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    /// wait(2) status.
+    pub exit_status: Option<u32>,
+    pub mnt_ns: u32,
+    pub uid: Option<u32>,
+}
+
+impl Process {
+    pub fn exited(&self) -> bool {
+        self.end_ns.is_some()
+    }
+}
+
+/// Turns a wait(2) status into a shell-style exit code: the exit status,
+/// or 128 + signal.
+pub fn exit_code(status: u32) -> i32 {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        ((status >> 8) & 0xff) as i32
+    } else {
+        128 + sig as i32
+    }
+}
+
+/// Signal that killed the process, if any.
+pub fn exit_signal(status: u32) -> Option<u32> {
+    let sig = status & 0x7f;
+    (sig != 0).then_some(sig)
+}
+
+#[derive(Debug, Default)]
+pub struct ProcessTree {
+    procs: BTreeMap<u32, Process>,
+    max: usize,
+    /// Processes not tracked because the cap was reached.
+    pub overflow: u64,
+}
+
+impl ProcessTree {
+    pub fn new(max: usize) -> Self {
+        Self {
+            procs: BTreeMap::new(),
+            max,
+            overflow: 0,
+        }
+    }
+
+    pub fn get(&self, tgid: u32) -> Option<&Process> {
+        self.procs.get(&tgid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Process> {
+        self.procs.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Mount namespace of a process, if known.
+    pub fn mnt_ns(&self, tgid: u32) -> u32 {
+        self.procs.get(&tgid).map(|p| p.mnt_ns).unwrap_or(0)
+    }
+
+    fn ensure(&mut self, tgid: u32, time_ns: u64) -> Option<&mut Process> {
+        if !self.procs.contains_key(&tgid) {
+            if self.procs.len() >= self.max {
+                self.overflow += 1;
+                return None;
+            }
+            self.procs.insert(
+                tgid,
+                Process {
+                    tgid,
+                    start_ns: time_ns,
+                    ..Process::default()
+                },
+            );
+        }
+        self.procs.get_mut(&tgid)
+    }
+
+    pub fn fork(&mut self, parent: u32, child_tgid: u32, thread: bool, time_ns: u64) {
+        if thread {
+            if let Some(p) = self.ensure(parent, time_ns) {
+                p.threads += 1;
+            }
+            return;
+        }
+        let inherited = self.procs.get(&parent).cloned();
+        // A pid can be reused within one task only after its earlier owner
+        // exited; the new process replaces it.
+        self.procs.remove(&child_tgid);
+        if let Some(c) = self.ensure(child_tgid, time_ns) {
+            c.ppid = Some(parent);
+            if let Some(p) = inherited {
+                c.argv = p.argv;
+                c.argv_truncated = p.argv_truncated;
+                c.argv_total_len = p.argv_total_len;
+                c.exe = p.exe;
+                c.mnt_ns = p.mnt_ns;
+                c.uid = p.uid;
+            }
+        }
+    }
+
+    pub fn exec(&mut self, tgid: u32, e: &Exec, time_ns: u64) {
+        if let Some(p) = self.ensure(tgid, time_ns) {
+            if p.ppid.is_none() && e.ppid != 0 {
+                p.ppid = Some(e.ppid);
+            }
+            p.argv = e.argv.clone();
+            p.argv_truncated = e.argv_truncated || e.argv_unreadable;
+            p.argv_total_len = e.argv_total_len;
+            p.exe = Some(e.exe.clone());
+            p.execs += 1;
+            p.mnt_ns = e.mnt_ns;
+            p.uid = Some(e.uid);
+        }
+    }
+
+    pub fn exit(&mut self, tgid: u32, status: u32, time_ns: u64) {
+        if let Some(p) = self.ensure(tgid, time_ns) {
+            p.end_ns = Some(time_ns);
+            p.exit_status = Some(status);
+        }
+    }
+
+    /// Processes seen that have not exited.
+    pub fn running(&self) -> usize {
+        self.procs.values().filter(|p| !p.exited()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(argv: &[&str]) -> Exec {
+        Exec {
+            ppid: 1,
+            exe: FilePath {
+                bytes: b"/bin/x".to_vec(),
+                inexact: 0,
+            },
+            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            argv_truncated: false,
+            argv_unreadable: false,
+            argv_total_len: 0,
+            mnt_ns: 9,
+            uid: 0,
+            own_cgroup: 0,
+        }
+    }
+
+    #[test]
+    fn fork_exec_exit_builds_tree() {
+        let mut t = ProcessTree::new(10);
+        t.exec(100, &exec(&["sh", "-c", "x"]), 1);
+        t.fork(100, 101, false, 2);
+        t.fork(100, 100, true, 2);
+        assert_eq!(t.get(101).unwrap().argv[0], b"sh");
+        t.exec(101, &exec(&["cat"]), 3);
+        t.exit(101, 0, 4);
+        t.exit(100, 3 << 8, 5);
+        let child = t.get(101).unwrap();
+        assert_eq!(
+            (child.ppid, child.argv[0].as_slice()),
+            (Some(100), &b"cat"[..])
+        );
+        assert_eq!(t.get(100).unwrap().threads, 1);
+        assert_eq!(t.get(100).unwrap().ppid, Some(1));
+        assert_eq!(t.running(), 0);
+        assert_eq!(exit_code(3 << 8), 3);
+        assert_eq!(exit_code(9), 137);
+        assert_eq!(exit_signal(9), Some(9));
+    }
+}

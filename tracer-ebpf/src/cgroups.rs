@@ -1,0 +1,128 @@
+//! cgroup v2 lifecycle: reported to userspace (which maps cgroups to pods)
+//! and used to extend the trace filter to new descendants of traced
+//! cgroups before any process can run in them.
+
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{helpers::generated::bpf_probe_read_kernel_str, programs::BtfTracePointContext};
+use roar_node_common::{
+    event::{CGROUP_PATH_TRUNCATED, CGROUP_TRACED, CgroupData, EventHeader, EventKind},
+    filter::{FILTER_CHILDREN_ARE_ROOTS, FILTER_NO_SUPPRESS, FILTER_PROPAGATED, FilterEntry},
+    limits::CGROUP_PATH_MAX,
+};
+
+use crate::{
+    emit::{header, put, scratch, submit},
+    kernel::{read, read_ptr},
+    maps::{TRACED, global},
+};
+
+const CGROUP_TAIL: usize = size_of::<EventHeader>() + size_of::<CgroupData>();
+const BPF_NOEXIST: u64 = 1;
+
+struct Cgroup {
+    id: u64,
+    parent_id: u64,
+    level: u32,
+}
+
+#[inline(always)]
+fn cgroup(cgrp: u64) -> Result<Cgroup, i64> {
+    let kn = read_ptr(cgrp, global!(KERNEL.cgroup_kn))?;
+    let id: u64 = read(kn, global!(KERNEL.kn_id))?;
+    let parent_id = match read_ptr(kn, global!(KERNEL.kn_parent)) {
+        Ok(p) => read(p, global!(KERNEL.kn_id))?,
+        Err(_) => 0,
+    };
+    let level: u32 = read(cgrp, global!(KERNEL.cgroup_level))?;
+    Ok(Cgroup {
+        id,
+        parent_id,
+        level,
+    })
+}
+
+/// cgroup_mkdir(struct cgroup *cgrp, const char *path)
+pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let cg = cgroup(ctx.arg(0))?;
+    let mut flags = 0;
+    let mut root = 0;
+    if let Some(parent) = unsafe { TRACED.get(&cg.parent_id) } {
+        let entry = if parent.flags & FILTER_CHILDREN_ARE_ROOTS != 0 {
+            FilterEntry {
+                root: cg.id,
+                flags: FILTER_PROPAGATED | (parent.flags & FILTER_NO_SUPPRESS),
+                ..FilterEntry::default()
+            }
+        } else {
+            FilterEntry {
+                root: parent.root,
+                flags: FILTER_PROPAGATED | (parent.flags & FILTER_NO_SUPPRESS),
+                ..FilterEntry::default()
+            }
+        };
+        if TRACED.insert(&cg.id, &entry, BPF_NOEXIST).is_ok() {
+            flags |= CGROUP_TRACED;
+            root = entry.root;
+        }
+    }
+    emit(ctx, EventKind::CgroupMkdir, cg, flags, root)
+}
+
+/// cgroup_rmdir(struct cgroup *cgrp, const char *path)
+pub fn try_rmdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let cg = cgroup(ctx.arg(0))?;
+    let mut root = 0;
+    if let Some(entry) = unsafe { TRACED.get(&cg.id) } {
+        root = entry.root;
+        // A propagated sub-cgroup holds no task state: forget it here. Task
+        // roots stay until userspace has read their loss counter.
+        if entry.flags & FILTER_PROPAGATED != 0 && entry.root != cg.id {
+            let _ = TRACED.remove(&cg.id);
+        }
+    }
+    emit(ctx, EventKind::CgroupRmdir, cg, 0, root)
+}
+
+#[inline(always)]
+fn emit(
+    ctx: &BtfTracePointContext,
+    kind: EventKind,
+    cg: Cgroup,
+    mut flags: u32,
+    root: u64,
+) -> Result<(), i64> {
+    let path: u64 = ctx.arg(1);
+    let buf = scratch()?;
+    let n = unsafe {
+        bpf_probe_read_kernel_str(
+            buf.add(CGROUP_TAIL).cast::<c_void>(),
+            CGROUP_PATH_MAX as u32,
+            path as *const c_void,
+        )
+    };
+    let len = if n > 0 { (n - 1) as usize } else { 0 };
+    if len >= CGROUP_PATH_MAX - 1 {
+        flags |= CGROUP_PATH_TRUNCATED;
+    }
+    put(buf, 0, header(kind, root));
+    put(
+        buf,
+        size_of::<EventHeader>(),
+        CgroupData {
+            id: cg.id,
+            parent_id: cg.parent_id,
+            level: cg.level,
+            flags,
+            path_len: len as u32,
+            _pad: 0,
+        },
+    );
+    let task = if root != 0 {
+        TRACED.get_ptr_mut(&root).unwrap_or(core::ptr::null_mut())
+    } else {
+        core::ptr::null_mut()
+    };
+    submit(buf, CGROUP_TAIL + len, kind, task);
+    Ok(())
+}

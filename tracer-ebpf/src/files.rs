@@ -1,0 +1,276 @@
+//! File syscalls, seen at `sys_exit`: opens, renames, unlinks.
+//!
+//! Checked at exit, so only calls that succeeded are reported. The
+//! arguments come from the saved user registers (unchanged by the
+//! syscall), and any user string is read after the kernel itself copied
+//! it, so it is faulted in (reading it at entry fails for ~3% of opens).
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_user},
+    programs::RawTracePointContext,
+};
+use roar_node_common::{
+    event::{EventHeader, EventKind, OpenData, RenameData, UnlinkData},
+    filter::{FILTER_NO_SUPPRESS, SEEN_READ, SEEN_WRITE, SeenKey},
+    loss,
+    path::PathHeader,
+    syscalls::{self, AT_FDCWD},
+};
+
+use crate::{
+    emit::{header, put, scratch, submit},
+    filter::{self, Traced},
+    kernel::*,
+    maps::{SEEN, atomic_add, count, global},
+    path::{OFFSET_MASK, read_user_str, walk},
+};
+
+const OPEN_TAIL: usize = size_of::<EventHeader>() + size_of::<OpenData>();
+const RENAME_TAIL: usize = size_of::<EventHeader>() + size_of::<RenameData>();
+const UNLINK_TAIL: usize = size_of::<EventHeader>() + size_of::<UnlinkData>();
+
+pub fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+    // Cheapest test first: this runs for every syscall on the machine.
+    let ret: i64 = ctx.arg(1);
+    if ret < 0 {
+        return Ok(());
+    }
+    let regs: u64 = ctx.arg(0);
+    let nr = read::<u64>(regs, global!(KERNEL.regs_orig_ax))? as u32;
+    match nr {
+        syscalls::OPEN | syscalls::OPENAT | syscalls::OPENAT2 | syscalls::CREAT => {
+            let Some(task) = filter::current() else {
+                return Ok(());
+            };
+            on_open(regs, nr, ret as u32, task)
+        }
+        syscalls::RENAME | syscalls::RENAMEAT | syscalls::RENAMEAT2 => {
+            let Some(task) = filter::current() else {
+                return Ok(());
+            };
+            on_rename(regs, nr, task)
+        }
+        syscalls::UNLINK | syscalls::UNLINKAT => {
+            let Some(task) = filter::current() else {
+                return Ok(());
+            };
+            on_unlink(regs, nr, task)
+        }
+        _ => Ok(()),
+    }
+}
+
+#[inline(always)]
+fn arg(regs: u64, off: u32) -> Result<u64, i64> {
+    read::<u64>(regs, off)
+}
+
+/// The flags the caller passed to the open (f_flags loses O_CREAT/O_TRUNC).
+#[inline(always)]
+fn open_flags(regs: u64, nr: u32) -> u32 {
+    let r = match nr {
+        syscalls::OPEN => arg(regs, global!(KERNEL.regs_si)),
+        syscalls::OPENAT => arg(regs, global!(KERNEL.regs_dx)),
+        syscalls::OPENAT2 => match arg(regs, global!(KERNEL.regs_dx)) {
+            // struct open_how starts with `u64 flags`.
+            Ok(how) => unsafe { bpf_probe_read_user(how as *const u64).map_err(|e| e as i64) },
+            Err(e) => Err(e),
+        },
+        _ => Ok((O_CREAT | O_WRONLY | O_TRUNC) as u64), // creat(2)
+    };
+    r.unwrap_or(0) as u32
+}
+
+fn on_open(regs: u64, nr: u32, fd: u32, t: Traced) -> Result<(), i64> {
+    let task = unsafe { bpf_get_current_task() } as u64;
+    let file = fd_file(task, fd)?;
+    let inode = read_ptr(file, global!(KERNEL.file_f_inode))?;
+    let i_mode = read::<u16>(inode, global!(KERNEL.inode_i_mode))? as u32;
+    let f_mode: u32 = read(file, global!(KERNEL.file_f_mode))?;
+    let want = if f_mode & FMODE_READ != 0 {
+        SEEN_READ
+    } else {
+        0
+    } | if f_mode & FMODE_WRITE != 0 {
+        SEEN_WRITE
+    } else {
+        0
+    };
+    let sb = read_ptr(inode, global!(KERNEL.inode_i_sb))?;
+    // Pipes, sockets, directories, devices, O_PATH handles and anonymous
+    // inodes are not files whose content a task reads or writes.
+    if i_mode & S_IFMT != S_IFREG
+        || want == 0
+        || read::<u64>(sb, global!(KERNEL.sb_s_magic))? == ANON_INODE_FS_MAGIC
+    {
+        count(loss::OPEN_NOT_REGULAR);
+        return Ok(());
+    }
+    let dev: u32 = read(sb, global!(KERNEL.sb_s_dev))?;
+    let ino: u64 = read(inode, global!(KERNEL.inode_i_ino))?;
+    let generation: u32 = read(inode, global!(KERNEL.inode_i_generation))?;
+
+    // First read and first write of a file object per task (and epoch) are
+    // enough for provenance; repeats stay in the kernel.
+    let suppress = unsafe { (*t.entry).flags } & FILTER_NO_SUPPRESS == 0;
+    let key = SeenKey {
+        root: t.root,
+        ino,
+        epoch: unsafe { (*t.entry).epoch },
+        dev,
+        generation,
+    };
+    let mut seen = 0;
+    if suppress {
+        if let Some(v) = unsafe { SEEN.get(&key) } {
+            seen = *v;
+            if seen & want == want {
+                count(loss::OPEN_REPEAT_SUPPRESSED);
+                return Ok(());
+            }
+        }
+    }
+
+    let buf = scratch()?;
+    let root = task_fs_path(task, global!(KERNEL.fs_root))?;
+    let start = read_path(file, global!(KERNEL.file_f_path))?;
+    let w = walk(OPEN_TAIL, start, root);
+    put(buf, 0, header(EventKind::Open, t.root));
+    put(
+        buf,
+        size_of::<EventHeader>(),
+        OpenData {
+            fd: fd as i32,
+            open_flags: open_flags(regs, nr),
+            f_mode,
+            i_mode,
+            dev,
+            generation,
+            ino,
+            size: read::<u64>(inode, global!(KERNEL.inode_i_size)).unwrap_or(0),
+            syscall: nr,
+            _pad: 0,
+            path: PathHeader {
+                walked_len: w.len,
+                raw_len: 0,
+                flags: w.flags,
+                _pad: 0,
+            },
+        },
+    );
+    if submit(buf, OPEN_TAIL + w.len as usize, EventKind::Open, t.entry)
+        && suppress
+        && SEEN.insert(&key, &(seen | want), 0).is_err()
+    {
+        count(loss::DEDUP_INSERT_FAILED);
+    }
+    Ok(())
+}
+
+/// A path argument: the caller's string at scratch offset `at`, followed,
+/// when it is relative, by the walked directory it is relative to.
+#[inline(always)]
+fn user_path(buf: *mut u8, at: usize, task: u64, dfd: i32, ptr: u64) -> PathHeader {
+    let raw = read_user_str(buf, at, ptr);
+    let mut h = PathHeader {
+        walked_len: 0,
+        raw_len: raw.len,
+        flags: raw.flags,
+        _pad: 0,
+    };
+    if raw.len > 0 && unsafe { *buf.add(at & OFFSET_MASK) } == b'/' {
+        return h;
+    }
+    let dir = if dfd == AT_FDCWD {
+        task_fs_path(task, global!(KERNEL.fs_pwd))
+    } else {
+        fd_file(task, dfd as u32).and_then(|f| read_path(f, global!(KERNEL.file_f_path)))
+    };
+    match (dir, task_fs_path(task, global!(KERNEL.fs_root))) {
+        (Ok(dir), Ok(root)) => {
+            let w = walk(at + raw.len as usize, dir, root);
+            h.walked_len = w.len;
+            h.flags |= w.flags;
+        }
+        _ => h.flags |= roar_node_common::path::PATH_READ_ERROR,
+    }
+    h
+}
+
+/// Renames and unlinks change which inode a name refers to: bump the
+/// task's epoch so later opens are reported again even if an inode number
+/// is reused.
+#[inline(always)]
+fn bump_epoch(t: Traced) {
+    atomic_add(unsafe { &raw mut (*t.entry).epoch }, 1);
+}
+
+fn on_rename(regs: u64, nr: u32, t: Traced) -> Result<(), i64> {
+    bump_epoch(t);
+    let di = arg(regs, global!(KERNEL.regs_di))?;
+    let si = arg(regs, global!(KERNEL.regs_si))?;
+    let (old_dfd, old_ptr, new_dfd, new_ptr, flags) = if nr == syscalls::RENAME {
+        (AT_FDCWD, di, AT_FDCWD, si, 0)
+    } else {
+        let dx = arg(regs, global!(KERNEL.regs_dx))?;
+        let r10 = arg(regs, global!(KERNEL.regs_r10))?;
+        let flags = if nr == syscalls::RENAMEAT2 {
+            arg(regs, global!(KERNEL.regs_r8))? as u32
+        } else {
+            0
+        };
+        (di as i32, si, dx as i32, r10, flags)
+    };
+    let task = unsafe { bpf_get_current_task() } as u64;
+    let buf = scratch()?;
+    let old = user_path(buf, RENAME_TAIL, task, old_dfd, old_ptr);
+    let new_at = RENAME_TAIL + old.tail_len();
+    let new = user_path(buf, new_at, task, new_dfd, new_ptr);
+    put(buf, 0, header(EventKind::Rename, t.root));
+    put(
+        buf,
+        size_of::<EventHeader>(),
+        RenameData {
+            flags,
+            syscall: nr,
+            old,
+            new,
+        },
+    );
+    submit(buf, new_at + new.tail_len(), EventKind::Rename, t.entry);
+    Ok(())
+}
+
+fn on_unlink(regs: u64, nr: u32, t: Traced) -> Result<(), i64> {
+    bump_epoch(t);
+    let di = arg(regs, global!(KERNEL.regs_di))?;
+    let (dfd, ptr, flags) = if nr == syscalls::UNLINK {
+        (AT_FDCWD, di, 0)
+    } else {
+        let si = arg(regs, global!(KERNEL.regs_si))?;
+        let dx = arg(regs, global!(KERNEL.regs_dx))?;
+        (di as i32, si, dx as u32)
+    };
+    let task = unsafe { bpf_get_current_task() } as u64;
+    let buf = scratch()?;
+    let path = user_path(buf, UNLINK_TAIL, task, dfd, ptr);
+    put(buf, 0, header(EventKind::Unlink, t.root));
+    put(
+        buf,
+        size_of::<EventHeader>(),
+        UnlinkData {
+            flags,
+            syscall: nr,
+            path,
+        },
+    );
+    submit(
+        buf,
+        UNLINK_TAIL + path.tail_len(),
+        EventKind::Unlink,
+        t.entry,
+    );
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Reading kernel structs through offsets taken from BTF.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+
+use crate::maps::global;
+
+/// Reads a `T` at `base + off`. Errors carry the helper's return code.
+#[inline(always)]
+pub fn read<T>(base: u64, off: u32) -> Result<T, i64> {
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).map_err(|e| e as i64) }
+}
+
+/// Reads a pointer-sized field and refuses NULL.
+#[inline(always)]
+pub fn read_ptr(base: u64, off: u32) -> Result<u64, i64> {
+    let p: u64 = read(base, off)?;
+    if p == 0 { Err(-14) } else { Ok(p) }
+}
+
+/// A `struct path`: (vfsmount*, dentry*).
+#[derive(Clone, Copy)]
+pub struct KPath {
+    pub mnt: u64,
+    pub dentry: u64,
+}
+
+/// Reads the `struct path` embedded at `base + off`.
+#[inline(always)]
+pub fn read_path(base: u64, off: u32) -> Result<KPath, i64> {
+    let at = base + off as u64;
+    Ok(KPath {
+        mnt: read_ptr(at, global!(KERNEL.path_mnt))?,
+        dentry: read_ptr(at, global!(KERNEL.path_dentry))?,
+    })
+}
+
+/// The file behind descriptor `fd` of the task.
+#[inline(always)]
+pub fn fd_file(task: u64, fd: u32) -> Result<u64, i64> {
+    let files = read_ptr(task, global!(KERNEL.task_files))?;
+    let fdt = read_ptr(files, global!(KERNEL.files_fdt))?;
+    let max: u32 = read(fdt, global!(KERNEL.fdt_max_fds))?;
+    if fd >= max {
+        return Err(-9);
+    }
+    let fds = read_ptr(fdt, global!(KERNEL.fdt_fd))?;
+    read_ptr(fds, fd.wrapping_mul(8))
+}
+
+/// The task's fs_struct root or working directory.
+#[inline(always)]
+pub fn task_fs_path(task: u64, field_off: u32) -> Result<KPath, i64> {
+    let fs = read_ptr(task, global!(KERNEL.task_fs))?;
+    read_path(fs, field_off)
+}
+
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFREG: u32 = 0o100000;
+pub const FMODE_READ: u32 = 1 << 0;
+pub const FMODE_WRITE: u32 = 1 << 1;
+pub const O_WRONLY: u32 = 0o1;
+pub const O_CREAT: u32 = 0o100;
+pub const O_TRUNC: u32 = 0o1000;
+/// Superblock magic of anonymous inodes (eventfd, timerfd, ...), which can
+/// look like regular files.
+pub const ANON_INODE_FS_MAGIC: u64 = 0x0904_1934;

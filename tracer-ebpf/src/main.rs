@@ -1,0 +1,86 @@
+//! roar-node's kernel half: every program here is attached by the daemon's
+//! `probes` module. Entry points only dispatch (`try_` pattern); the work is
+//! in the modules below.
+//!
+//! What runs where:
+//! - `sys_exit` (raw tracepoint): opens, renames and unlinks, checked at
+//!   syscall exit so only successful calls are reported, and the syscall's
+//!   arguments are read from the saved registers (the kernel has already
+//!   faulted the user strings in).
+//! - `sched_process_exec/fork/exit` (tp_btf): the process tree and argv.
+//! - `cgroup_mkdir/rmdir` (tp_btf): cgroup lifecycle, and in-kernel
+//!   propagation of the trace filter to new child cgroups.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds on map values: core's atomics have no RMW for the bpf target.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+
+mod cgroups;
+mod emit;
+mod files;
+mod filter;
+mod kernel;
+mod maps;
+mod path;
+mod process;
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    match files::try_sys_exit(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    match process::try_exec(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    match process::try_fork(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    match process::try_exit(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[btf_tracepoint(function = "cgroup_mkdir")]
+pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
+    match cgroups::try_mkdir(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[btf_tracepoint(function = "cgroup_rmdir")]
+pub fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
+    match cgroups::try_rmdir(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

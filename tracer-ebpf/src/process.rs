@@ -1,0 +1,180 @@
+//! The process tree: exec (with argv), fork/clone, exit.
+
+use core::{ffi::c_void, mem::size_of};
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, generated::bpf_probe_read_user},
+    programs::BtfTracePointContext,
+};
+use roar_node_common::{
+    event::{
+        EXEC_ARGV_READ_ERROR, EXEC_ARGV_TRUNCATED, EXIT_GROUP_DEAD, EventHeader, EventKind,
+        ExecData, ExitData, FORK_THREAD, ForkData,
+    },
+    limits::ARGV_MAX,
+    path::PathHeader,
+};
+
+use crate::{
+    emit::{header, put, scratch, submit},
+    filter,
+    kernel::*,
+    maps::global,
+    path::walk,
+};
+
+const EXEC_TAIL: usize = size_of::<EventHeader>() + size_of::<ExecData>();
+/// argv lands after the executable's path (at most ~4.3 KiB past
+/// EXEC_TAIL); masking its offset with this proves the bound.
+const ARGV_OFFSET_MASK: usize = 0x1fff;
+
+/// sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+pub fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let Some(t) = filter::current() else {
+        return Ok(());
+    };
+    let task: u64 = ctx.arg(0);
+    let bprm: u64 = ctx.arg(2);
+    let buf = scratch()?;
+
+    let exe = read_ptr(bprm, global!(KERNEL.bprm_file))
+        .and_then(|f| read_path(f, global!(KERNEL.file_f_path)))
+        .and_then(|start| Ok((start, task_fs_path(task, global!(KERNEL.fs_root))?)));
+    let (exe_len, exe_flags) = match exe {
+        Ok((start, root)) => {
+            let w = walk(EXEC_TAIL, start, root);
+            (w.len, w.flags)
+        }
+        Err(_) => (0, roar_node_common::path::PATH_READ_ERROR),
+    };
+
+    // argv from the new image: the kernel just wrote it, so it is resident.
+    let argv_at = EXEC_TAIL + exe_len as usize;
+    let mut flags = 0;
+    let mut total: u64 = 0;
+    let mut len: u64 = 0;
+    if let Ok(mm) = read_ptr(task, global!(KERNEL.task_mm)) {
+        let start: u64 = read(mm, global!(KERNEL.mm_arg_start)).unwrap_or(0);
+        let end: u64 = read(mm, global!(KERNEL.mm_arg_end)).unwrap_or(0);
+        total = end.saturating_sub(start);
+        len = if total > (ARGV_MAX - 1) as u64 {
+            flags |= EXEC_ARGV_TRUNCATED;
+            (ARGV_MAX - 1) as u64
+        } else {
+            total
+        };
+        let rc = unsafe {
+            bpf_probe_read_user(
+                buf.add(argv_at & ARGV_OFFSET_MASK).cast::<c_void>(),
+                (len as u32) & (ARGV_MAX as u32 - 1),
+                start as *const c_void,
+            )
+        };
+        if rc < 0 {
+            flags |= EXEC_ARGV_READ_ERROR;
+            len = 0;
+        }
+    } else {
+        flags |= EXEC_ARGV_READ_ERROR;
+    }
+
+    let ppid = read_ptr(task, global!(KERNEL.task_real_parent))
+        .and_then(|p| read::<u32>(p, global!(KERNEL.task_tgid)))
+        .unwrap_or(0);
+    let mnt_ns = read_ptr(task, global!(KERNEL.task_nsproxy))
+        .and_then(|n| read_ptr(n, global!(KERNEL.nsproxy_mnt_ns)))
+        .and_then(|m| read::<u32>(m, global!(KERNEL.mnt_ns_inum)))
+        .unwrap_or(0);
+    let uid = read_ptr(task, global!(KERNEL.task_real_cred))
+        .and_then(|c| read::<u32>(c, global!(KERNEL.cred_uid)))
+        .unwrap_or(u32::MAX);
+
+    put(buf, 0, header(EventKind::Exec, t.root));
+    put(
+        buf,
+        size_of::<EventHeader>(),
+        ExecData {
+            ppid,
+            flags,
+            argv_len: len as u32,
+            argv_total_len: total.min(u32::MAX as u64) as u32,
+            mnt_ns,
+            uid,
+            own_cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            exe: PathHeader {
+                walked_len: exe_len,
+                raw_len: 0,
+                flags: exe_flags,
+                _pad: 0,
+            },
+        },
+    );
+    submit(buf, argv_at + len as usize, EventKind::Exec, t.entry);
+    Ok(())
+}
+
+/// sched_process_fork(struct task_struct *parent, struct task_struct *child),
+/// run by the parent.
+pub fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let Some(t) = filter::current() else {
+        return Ok(());
+    };
+    let child: u64 = ctx.arg(1);
+    let child_tgid: u32 = read(child, global!(KERNEL.task_tgid))?;
+    let child_pid: u32 = read(child, global!(KERNEL.task_pid))?;
+    let buf = scratch()?;
+    put(buf, 0, header(EventKind::Fork, t.root));
+    put(
+        buf,
+        size_of::<EventHeader>(),
+        ForkData {
+            child_tgid,
+            child_pid,
+            flags: if child_tgid != child_pid {
+                FORK_THREAD
+            } else {
+                0
+            },
+            _pad: 0,
+        },
+    );
+    submit(
+        buf,
+        size_of::<EventHeader>() + size_of::<ForkData>(),
+        EventKind::Fork,
+        t.entry,
+    );
+    Ok(())
+}
+
+/// sched_process_exit(struct task_struct *p, bool group_dead), run by the
+/// exiting thread before its files and cgroup are released. Only the last
+/// thread of a process is reported: the process tree is made of processes.
+pub fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff == 0 {
+        return Ok(());
+    }
+    let Some(t) = filter::current() else {
+        return Ok(());
+    };
+    let task: u64 = ctx.arg(0);
+    let exit_code: u32 = read(task, global!(KERNEL.task_exit_code))?;
+    let buf = scratch()?;
+    put(buf, 0, header(EventKind::Exit, t.root));
+    put(
+        buf,
+        size_of::<EventHeader>(),
+        ExitData {
+            exit_code,
+            flags: EXIT_GROUP_DEAD,
+        },
+    );
+    submit(
+        buf,
+        size_of::<EventHeader>() + size_of::<ExitData>(),
+        EventKind::Exit,
+        t.entry,
+    );
+    Ok(())
+}
