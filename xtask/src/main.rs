@@ -1,1 +1,40 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's developer workflows.
+
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what a fresh machine lacks (idempotent): apt packages,
+    /// rust-src for nightly, bpf-linker 0.13.0 on LLVM 22, bpffs/tracefs.
+    Setup(setup::Args),
+    /// Build, trace a two-step pipeline with `roar-node run`, show the
+    /// bundles and the lineage graph roar makes of them.
+    Demo(demo::Args),
+    /// Run the whole test suite (as root: it loads real eBPF programs).
+    Test(test::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup(a) => setup::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Test(a) => test::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
