@@ -1,0 +1,237 @@
+//! `roar-node run` captures what a command reads and writes: real eBPF
+//! programs, real processes in a real cgroup, hashes checked against the
+//! files on disk.
+
+use std::{ffi::OsStr, fs, os::unix::ffi::OsStrExt, process::Command};
+
+use roar_node_tests::*;
+
+#[test]
+fn shell_redirection_is_captured() {
+    let w = Work::new("redirect");
+    w.write("a", "alpha\n");
+    let t = w.trace(&["sh", "-c", "cat a > b"]).ok();
+    let read = t
+        .read(&w.s("a"))
+        .unwrap_or_else(|| panic!("a not read: {:?}", t.read_paths()));
+    assert_eq!(read["hash"], blake3_file(w.path("a")));
+    assert_eq!(read["hash_algorithm"], "blake3");
+    assert_eq!(read["size"], 6);
+    let write = t
+        .write(&w.s("b"))
+        .unwrap_or_else(|| panic!("b not written: {:?}", t.write_paths()));
+    assert_eq!(write["hash"], blake3_file(w.path("b")));
+    // Nothing else of the task's own files, and system files filtered out.
+    assert_eq!(t.read_paths(), vec![w.s("a")]);
+    assert_eq!(t.write_paths(), vec![w.s("b")]);
+    assert_eq!(t.lost(), 0);
+}
+
+#[test]
+fn statically_linked_binary_is_captured() {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| fs::metadata(p).is_ok())
+        .expect("busybox-static is installed by `cargo xtask setup`");
+    let file = Command::new("file")
+        .arg("-L")
+        .arg(busybox)
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    if !file.is_empty() {
+        assert!(
+            String::from_utf8_lossy(&file).contains("statically linked"),
+            "{busybox} is not static: {}",
+            String::from_utf8_lossy(&file)
+        );
+    }
+    let w = Work::new("static");
+    w.write("src.bin", vec![7u8; 10_000]);
+    let t = w.trace(&[busybox, "cp", "src.bin", "dst.bin"]).ok();
+    assert_eq!(
+        t.read(&w.s("src.bin")).expect("read")["hash"],
+        blake3_file(w.path("src.bin"))
+    );
+    assert_eq!(
+        t.write(&w.s("dst.bin")).expect("write")["hash"],
+        blake3_file(w.path("dst.bin"))
+    );
+}
+
+#[test]
+fn temp_file_renamed_to_final_name() {
+    let w = Work::new("rename");
+    let t = w
+        .trace(&[
+            "sh",
+            "-c",
+            "mkdir -p out && echo checkpoint-1 > out/model.tmp && mv out/model.tmp out/model.bin",
+        ])
+        .ok();
+    let out = t
+        .write(&w.s("out/model.bin"))
+        .unwrap_or_else(|| panic!("{:?}", t.write_paths()));
+    assert_eq!(out["hash"], blake3_bytes(b"checkpoint-1\n"));
+    assert_eq!(out["hash"], blake3_file(w.path("out/model.bin")));
+    assert!(
+        t.write(&w.s("out/model.tmp")).is_none(),
+        "temp file reported: {:?}",
+        t.write_paths()
+    );
+    assert!(t.events("rename") >= 1);
+}
+
+#[test]
+fn relative_rename_with_dirfd_and_directory_rename() {
+    // renameat with a directory fd and a relative name, then renaming the
+    // directory that holds an output: the output is reported where it
+    // ended up.
+    let w = Work::new("renameat");
+    let py = r#"
+import os
+os.makedirs("stage", exist_ok=True)
+with open("stage/part.tmp", "w") as f:
+    f.write("payload")
+d = os.open("stage", os.O_RDONLY | os.O_DIRECTORY)
+os.rename("part.tmp", "part", src_dir_fd=d, dst_dir_fd=d)
+os.close(d)
+os.rename("stage", "final")
+"#;
+    let t = w.trace(&["python3", "-c", py]).ok();
+    let out = t
+        .write(&w.s("final/part"))
+        .unwrap_or_else(|| panic!("{:?}", t.write_paths()));
+    assert_eq!(out["hash"], blake3_bytes(b"payload"));
+    assert_eq!(t.write_paths(), vec![w.s("final/part")]);
+}
+
+#[test]
+fn deleted_output_is_recorded_as_deleted_not_output() {
+    let w = Work::new("deleted");
+    w.write("gone-before.txt", "x");
+    let t = w
+        .trace(&["sh", "-c", "echo scratch > scratch.txt && rm scratch.txt && echo kept > kept.txt && rm gone-before.txt"])
+        .ok();
+    assert_eq!(t.write_paths(), vec![w.s("kept.txt")]);
+    let deleted: Vec<String> = t.md()["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().into())
+        .collect();
+    assert!(deleted.contains(&w.s("scratch.txt")), "{deleted:?}");
+    assert!(deleted.contains(&w.s("gone-before.txt")), "{deleted:?}");
+}
+
+#[test]
+fn processes_outside_the_cgroup_are_not_traced() {
+    let w = Work::new("outside");
+    fs::create_dir_all(w.path("outside")).unwrap();
+    // A writer the test starts itself: not in the traced cgroup, writing
+    // into the same directory while the traced command runs.
+    let mut outsider = Command::new("sh")
+        .current_dir(&w.dir)
+        .args(["-c", "i=0; while [ $i -lt 300 ]; do echo $i > outside/o$i; cat outside/o$i > /dev/null; i=$((i+1)); sleep 0.002; done"])
+        .spawn()
+        .unwrap();
+    let t = w
+        .trace(&[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100 ]; do echo $i > in$i; i=$((i+1)); sleep 0.003; done",
+        ])
+        .ok();
+    outsider.wait().unwrap();
+    assert!(fs::read_dir(w.path("outside")).unwrap().count() > 0);
+    let all: Vec<String> = t.read_paths().into_iter().chain(t.write_paths()).collect();
+    assert!(
+        all.iter().all(|p| !p.contains("/outside/")),
+        "outsider's files leaked in: {all:?}"
+    );
+    assert_eq!(t.write_paths().len(), 100);
+}
+
+#[test]
+fn exact_long_and_non_utf8_paths_round_trip() {
+    let w = Work::new("paths");
+    // A 300-byte path (several long components) and a name that is not
+    // UTF-8 (and contains a '%', which must survive the encoding).
+    let mut long = w.dir.clone();
+    while long.as_os_str().len() < 300 {
+        long.push("d".repeat(60));
+    }
+    fs::create_dir_all(&long).unwrap();
+    let long_file = long.join("data.txt");
+    fs::write(&long_file, "long").unwrap();
+    assert!(long_file.as_os_str().len() >= 300);
+    let odd = w.dir.join(OsStr::from_bytes(b"odd-\xff\xfe-50%.bin"));
+    fs::write(&odd, "odd").unwrap();
+
+    let t = w
+        .trace_os(
+            &[],
+            &[OsStr::new("cat"), long_file.as_os_str(), odd.as_os_str()],
+        )
+        .ok();
+    let reads: Vec<Vec<u8>> = t
+        .read_paths()
+        .iter()
+        .map(|p| {
+            let listed = t.md()["non_utf8"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["value"] == p.as_str());
+            if listed {
+                decode_path(p)
+            } else {
+                p.as_bytes().to_vec()
+            }
+        })
+        .collect();
+    assert!(
+        reads.contains(&bytes_of(&long_file)),
+        "long path missing: {:?}",
+        t.read_paths()
+    );
+    assert!(
+        reads.contains(&bytes_of(&odd)),
+        "non-UTF-8 path missing: {:?}",
+        t.read_paths()
+    );
+    // The raw bytes are in the record too.
+    let raw = base64_of(&bytes_of(&odd));
+    assert!(
+        t.md()["non_utf8"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["raw_base64"] == raw.as_str())
+    );
+    // And argv (cat's second argument) round-trips the same way.
+    let cat = t
+        .processes()
+        .into_iter()
+        .find(|p| p["argv"][0] == "cat")
+        .unwrap();
+    assert_eq!(
+        decode_path(cat["argv"][2].as_str().unwrap()),
+        bytes_of(&odd)
+    );
+    let hash = t
+        .read(
+            &t.read_paths()
+                .into_iter()
+                .find(|p| p.contains("odd-"))
+                .unwrap(),
+        )
+        .unwrap()["hash"]
+        .clone();
+    assert_eq!(hash, blake3_bytes(b"odd"));
+}
+
+fn base64_of(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
