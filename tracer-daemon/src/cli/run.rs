@@ -206,6 +206,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             kernel_stats
                 .named()
                 .into_iter()
+                .filter(|(_, v)| *v > 0)
                 .collect::<std::collections::BTreeMap<_, _>>()
         ),
     );
