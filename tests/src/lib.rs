@@ -48,7 +48,7 @@ pub fn bin() -> PathBuf {
 
 /// An exclusive lock on a file, released on drop (test binaries run in
 /// parallel processes).
-pub struct FileLock(fs::File);
+pub struct FileLock(#[allow(dead_code)] fs::File);
 
 impl FileLock {
     pub fn take(path: &Path) -> Self {

@@ -235,3 +235,53 @@ fn base64_of(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+#[test]
+fn filters_are_configurable_and_bad_filter_files_are_refused() {
+    let w = Work::new("filters");
+    w.write("a", "alpha\n");
+    w.write("skip-me.txt", "noise\n");
+    let cmd = ["sh", "-c", "cat /etc/hostname a skip-me.txt > b"];
+
+    // roar's defaults: system reads dropped (and counted), the rest kept.
+    let t = w.trace(&cmd).ok();
+    assert_eq!(t.read_paths(), vec![w.s("a"), w.s("skip-me.txt")]);
+    assert!(t.md()["capture"]["filtered"]["system_reads"].as_u64() > Some(0));
+
+    // A filter file overrides one default; --ignore-path adds a pattern.
+    let filters = w.write("filters.json", r#"{"ignore_system_reads": false}"#);
+    let t = w
+        .trace_with(
+            &[
+                "--filters",
+                filters.to_str().unwrap(),
+                "--ignore-path",
+                "skip-me",
+            ],
+            &cmd,
+        )
+        .ok();
+    let reads = t.read_paths();
+    assert!(reads.contains(&"/etc/hostname".to_string()), "{reads:?}");
+    assert!(reads.contains(&w.s("a")), "{reads:?}");
+    assert!(!reads.contains(&w.s("skip-me.txt")), "{reads:?}");
+    assert_eq!(t.md()["capture"]["filtered"]["ignore_paths"], 1);
+
+    // A typo in the filter file is an error before anything runs.
+    let bad = w.write("bad.json", r#"{"ignore_system_read": false}"#);
+    let out = Command::new(bin())
+        .current_dir(w.path(""))
+        .args(["run", "--bundle-dir"])
+        .arg(w.path("bad-bundles"))
+        .arg("--filters")
+        .arg(&bad)
+        .args(["--", "touch", "ran"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("invalid filter file"), "{stderr}");
+    assert!(stderr.contains("ignore_system_read"), "{stderr}");
+    assert!(!w.path("ran").exists(), "the command must not run");
+    assert!(!w.path("bad-bundles").exists());
+}

@@ -41,6 +41,16 @@ pub struct RunArgs {
     /// file (more events; for debugging and benchmarks).
     #[arg(long)]
     pub no_suppress: bool,
+    /// File filters as JSON (fields of `FilterConfig`; missing fields keep
+    /// roar's defaults), e.g. `{"ignore_tmp_files": false}`.
+    #[arg(long, value_name = "FILE")]
+    pub filters: Option<PathBuf>,
+    /// Leave out paths with this prefix (absolute) or containing it (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub ignore_path: Vec<String>,
+    /// Always keep paths with this prefix, whatever else matches (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub keep_path: Vec<String>,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -86,6 +96,7 @@ fn display_command(argv: &[OsString]) -> String {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let filters = FilterConfig::load(args.filters.as_deref(), &args.ignore_path, &args.keep_path)?;
     let opts = ProbeOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
         ..ProbeOptions::default()
@@ -224,7 +235,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         exit_code: Some(exit_code),
         metadata,
     };
-    let filters = FilterConfig::default();
     let builder = RecordBuilder {
         pool: &pool,
         filters: &filters,

@@ -105,6 +105,38 @@ impl Default for FilterConfig {
     }
 }
 
+impl FilterConfig {
+    /// roar's defaults, overridden by a JSON file, plus extra ignored and
+    /// kept paths. Errors name the file and the offending field.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        ignore: &[String],
+        keep: &[String],
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let mut config = match file {
+            None => Self::default(),
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading the filter file {}", f.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("invalid filter file {}", f.display()))?
+            }
+        };
+        config.ignore_paths.extend(ignore.iter().cloned());
+        config.keep_paths.extend(keep.iter().cloned());
+        if let Some(empty) = config
+            .ignore_paths
+            .iter()
+            .chain(&config.keep_paths)
+            .find(|p| p.is_empty())
+        {
+            anyhow::bail!("invalid filter: empty path pattern {empty:?} would match every file");
+        }
+        Ok(config)
+    }
+}
+
 /// A filter for one task: the config plus what the task revealed (the
 /// Python installations it ran, whose files are package reads).
 pub struct FileFilter<'a> {
