@@ -457,9 +457,6 @@ mod tests {
     #[test]
     fn bad_records_are_errors_not_panics() {
         assert_eq!(decode(&[0u8; 4]), Err(DecodeError::Truncated));
-        let mut h = hdr();
-        h.kind = 77;
-        h.size = 32;
         let rec = record(EventKind::Fork, hdr(), &ForkData::default(), &[]);
         let mut bad = rec.clone();
         bad[0] = 77;

@@ -47,7 +47,7 @@ pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let cg = cgroup(ctx.arg(0))?;
     let mut flags = 0;
     let mut root = 0;
-    if let Some(parent) = unsafe { TRACED.get(&cg.parent_id) } {
+    if let Some(parent) = unsafe { TRACED.get(cg.parent_id) } {
         let entry = if parent.flags & FILTER_CHILDREN_ARE_ROOTS != 0 {
             FilterEntry {
                 root: cg.id,
@@ -61,7 +61,7 @@ pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 ..FilterEntry::default()
             }
         };
-        if TRACED.insert(&cg.id, &entry, BPF_NOEXIST).is_ok() {
+        if TRACED.insert(cg.id, entry, BPF_NOEXIST).is_ok() {
             flags |= CGROUP_TRACED;
             root = entry.root;
         }
@@ -73,12 +73,12 @@ pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
 pub fn try_rmdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let cg = cgroup(ctx.arg(0))?;
     let mut root = 0;
-    if let Some(entry) = unsafe { TRACED.get(&cg.id) } {
+    if let Some(entry) = unsafe { TRACED.get(cg.id) } {
         root = entry.root;
         // A propagated sub-cgroup holds no task state: forget it here. Task
         // roots stay until userspace has read their loss counter.
         if entry.flags & FILTER_PROPAGATED != 0 && entry.root != cg.id {
-            let _ = TRACED.remove(&cg.id);
+            let _ = TRACED.remove(cg.id);
         }
     }
     emit(ctx, EventKind::CgroupRmdir, cg, 0, root)
@@ -119,7 +119,7 @@ fn emit(
         },
     );
     let task = if root != 0 {
-        TRACED.get_ptr_mut(&root).unwrap_or(core::ptr::null_mut())
+        TRACED.get_ptr_mut(root).unwrap_or(core::ptr::null_mut())
     } else {
         core::ptr::null_mut()
     };

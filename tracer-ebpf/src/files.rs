@@ -123,13 +123,11 @@ fn on_open(regs: u64, nr: u32, fd: u32, t: Traced) -> Result<(), i64> {
         generation,
     };
     let mut seen = 0;
-    if suppress {
-        if let Some(v) = unsafe { SEEN.get(&key) } {
-            seen = *v;
-            if seen & want == want {
-                count(loss::OPEN_REPEAT_SUPPRESSED);
-                return Ok(());
-            }
+    if suppress && let Some(v) = unsafe { SEEN.get(key) } {
+        seen = *v;
+        if seen & want == want {
+            count(loss::OPEN_REPEAT_SUPPRESSED);
+            return Ok(());
         }
     }
 
@@ -162,7 +160,7 @@ fn on_open(regs: u64, nr: u32, fd: u32, t: Traced) -> Result<(), i64> {
     );
     if submit(buf, OPEN_TAIL + w.len as usize, EventKind::Open, t.entry)
         && suppress
-        && SEEN.insert(&key, &(seen | want), 0).is_err()
+        && SEEN.insert(key, seen | want, 0).is_err()
     {
         count(loss::DEDUP_INSERT_FAILED);
     }

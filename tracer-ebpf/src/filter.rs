@@ -17,12 +17,12 @@ pub struct Traced {
 #[inline(always)]
 pub fn current() -> Option<Traced> {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let entry = TRACED.get_ptr_mut(&cgroup)?;
+    let entry = TRACED.get_ptr_mut(cgroup)?;
     let root = unsafe { (*entry).root };
     if root == cgroup {
         return Some(Traced { root, entry });
     }
     // A descendant cgroup: its task's state lives on the root's entry.
-    let entry = TRACED.get_ptr_mut(&root)?;
+    let entry = TRACED.get_ptr_mut(root)?;
     Some(Traced { root, entry })
 }

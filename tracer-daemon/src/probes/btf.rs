@@ -35,7 +35,7 @@ impl KernelBtf {
             total_bits += bits;
             ty = self.strip(member_ty)?;
         }
-        if total_bits % 8 != 0 {
+        if !total_bits.is_multiple_of(8) {
             return Err(ProbeError::Btf(format!("{name}.{path} is a bitfield")));
         }
         Ok(total_bits / 8)
