@@ -75,6 +75,24 @@ fn boot_id() -> String {
         .unwrap_or_else(|_| "noboot".into())
 }
 
+/// roar-node's own cost for this run (the command's is not included): CPU
+/// time and peak resident memory of this process, all threads.
+fn tracer_usage() -> serde_json::Value {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            json!({
+                "cpu_user_seconds": secs(u.user_time()),
+                "cpu_system_seconds": secs(u.system_time()),
+                // Linux reports ru_maxrss in KiB.
+                "max_rss_bytes": u.max_rss() as u64 * 1024,
+            })
+        }
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
 /// "sh -c 'cat a > b'" style, shortened.
 fn display_command(argv: &[OsString]) -> String {
     let mut s = argv
@@ -221,6 +239,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .collect::<std::collections::BTreeMap<_, _>>()
         ),
     );
+    metadata.insert("tracer".into(), tracer_usage());
     let identity = TaskIdentity {
         task_id: format!("local:{host}:{}:{}", boot_id(), cg.id),
         task_name: args

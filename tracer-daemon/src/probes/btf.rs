@@ -17,7 +17,11 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn from_file(path: &std::path::Path) -> Result<Self, ProbeError> {
-        let btf = Btf::from_file(path)
+        // Parse from memory: btf-rs's file reader seeks once per type
+        // (over 100k syscalls for vmlinux, a third of start-up time).
+        let bytes =
+            std::fs::read(path).map_err(|e| ProbeError::Btf(format!("{}: {e}", path.display())))?;
+        let btf = Btf::from_bytes(&bytes)
             .map_err(|e| ProbeError::Btf(format!("{}: {e}", path.display())))?;
         Ok(Self { btf })
     }

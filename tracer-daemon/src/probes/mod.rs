@@ -109,8 +109,9 @@ impl Probes {
                 options.ring_buffer_bytes
             )));
         }
-        let kernel = KernelBtf::from_file(&options.btf_path)?;
-        let offsets = kernel.kernel_offsets()?;
+        // Two parses of vmlinux BTF (ours for offsets, aya's for
+        // relocations) are the daemon's peak memory: never hold both.
+        let offsets = KernelBtf::from_file(&options.btf_path)?.kernel_offsets()?;
         let config = TracerConfig {
             wakeup_bytes: options.wakeup_bytes,
             daemon_tgid: std::process::id(),
@@ -136,6 +137,11 @@ impl Probes {
             prog.load(tp, &btf).map_err(|e| refused(name, e))?;
             prog.attach().map_err(|e| refused(name, e))?;
         }
+        drop(btf);
+        // Hand the parsed BTF's freed heap back to the kernel: otherwise it
+        // stays resident for the daemon's whole life.
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe { libc::malloc_trim(0) };
         let traced = TracedCgroups::new(&mut ebpf)?;
         let stats = StatsReader::new(&mut ebpf)?;
         Ok(Self {
