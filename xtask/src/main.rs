@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: the project's developer workflows.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -24,6 +25,9 @@ enum Command {
     Demo(demo::Args),
     /// Run the whole test suite (as root: it loads real eBPF programs).
     Test(test::Args),
+    /// Overhead against the plain run and roar's own tracers, the full
+    /// record path, throughput and loss, memory (as root).
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -32,6 +36,7 @@ fn main() {
         Command::Setup(a) => setup::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Test(a) => test::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
