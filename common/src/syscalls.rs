@@ -10,6 +10,22 @@ pub const RENAMEAT: u32 = 264;
 pub const OPENAT: u32 = 257;
 pub const RENAMEAT2: u32 = 316;
 pub const OPENAT2: u32 = 437;
+pub const OPEN_BY_HANDLE_AT: u32 = 304;
+
+/// The `syscalls/sys_exit_<name>` tracepoints the file program is attached
+/// to: exactly the syscalls it handles.
+pub const TRACED_EXITS: &[&str] = &[
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "open_by_handle_at",
+    "rename",
+    "renameat",
+    "renameat2",
+    "unlink",
+    "unlinkat",
+];
 
 /// `AT_FDCWD`: a dirfd meaning "relative to the working directory".
 pub const AT_FDCWD: i32 = -100;
@@ -25,6 +41,7 @@ pub const fn name(nr: u32) -> &'static str {
         OPENAT => "openat",
         RENAMEAT2 => "renameat2",
         OPENAT2 => "openat2",
+        OPEN_BY_HANDLE_AT => "open_by_handle_at",
         _ => "unknown",
     }
 }

@@ -285,3 +285,36 @@ fn filters_are_configurable_and_bad_filter_files_are_refused() {
     assert!(!w.path("ran").exists(), "the command must not run");
     assert!(!w.path("bad-bundles").exists());
 }
+
+/// open_by_handle_at(2) opens a file without a path: the record still has
+/// the file's path, resolved in the kernel from the new fd.
+const BY_HANDLE: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct file_handle *h = malloc(sizeof *h + MAX_HANDLE_SZ);
+    h->handle_bytes = MAX_HANDLE_SZ;
+    int mount_id;
+    if (name_to_handle_at(AT_FDCWD, argv[1], h, &mount_id, 0) != 0) { perror("name_to_handle_at"); return 1; }
+    int mfd = open(".", O_RDONLY | O_DIRECTORY);
+    int fd = open_by_handle_at(mfd, h, O_RDONLY);
+    if (fd < 0) { perror("open_by_handle_at"); return 1; }
+    char buf[64];
+    return read(fd, buf, sizeof buf) > 0 ? 0 : 1;
+}
+"#;
+
+#[test]
+fn open_by_handle_at_is_captured() {
+    let w = Work::new("by-handle");
+    w.write("target.txt", "reached by handle\n");
+    let exe = compile_c(&w, "byhandle", BY_HANDLE, &[]);
+    let t = w.trace(&[exe.to_str().unwrap(), "target.txt"]).ok();
+    let read = t
+        .read(&w.s("target.txt"))
+        .unwrap_or_else(|| panic!("not captured: {:?}", t.read_paths()));
+    assert_eq!(read["hash"], blake3_file(w.path("target.txt")));
+}

@@ -1,4 +1,5 @@
-//! File syscalls, seen at `sys_exit`: opens, renames, unlinks.
+//! File syscalls, seen at their `syscalls/sys_exit_*` tracepoints: opens,
+//! renames, unlinks.
 //!
 //! Checked at exit, so only calls that succeeded are reported. The
 //! arguments come from the saved user registers (unchanged by the
@@ -8,8 +9,12 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_user},
-    programs::RawTracePointContext,
+    EbpfContext,
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    programs::TracePointContext,
 };
 use roar_node_common::{
     event::{EventHeader, EventKind, OpenData, RenameData, UnlinkData},
@@ -31,33 +36,36 @@ const OPEN_TAIL: usize = size_of::<EventHeader>() + size_of::<OpenData>();
 const RENAME_TAIL: usize = size_of::<EventHeader>() + size_of::<RenameData>();
 const UNLINK_TAIL: usize = size_of::<EventHeader>() + size_of::<UnlinkData>();
 
-pub fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    // Cheapest test first: this runs for every syscall on the machine.
-    let ret: i64 = ctx.arg(1);
+/// `syscalls/sys_exit_*` record: `struct trace_entry` (8 bytes), then
+/// `int __syscall_nr` at 8 and `long ret` at 16. This layout has not changed
+/// since syscall tracepoints exist; the daemon checks it against the
+/// tracepoint's `format` file before attaching.
+const TP_NR: usize = 8;
+const TP_RET: usize = 16;
+
+/// Attached only to the exits of the syscalls below (one tracepoint each),
+/// so the kernel never runs it for reads, writes, closes or anything else.
+pub fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let base = ctx.as_ptr() as *const u8;
+    // Direct context loads: no helper call on the hot path.
+    let ret = unsafe { *(base.add(TP_RET) as *const i64) };
     if ret < 0 {
         return Ok(());
     }
-    let regs: u64 = ctx.arg(0);
-    let nr = read::<u64>(regs, global!(KERNEL.regs_orig_ax))? as u32;
+    let nr = unsafe { *(base.add(TP_NR) as *const i32) } as u32;
+    let Some(traced) = filter::current() else {
+        return Ok(());
+    };
+    // The syscall's saved user registers hold its arguments.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     match nr {
-        syscalls::OPEN | syscalls::OPENAT | syscalls::OPENAT2 | syscalls::CREAT => {
-            let Some(task) = filter::current() else {
-                return Ok(());
-            };
-            on_open(regs, nr, ret as u32, task)
-        }
-        syscalls::RENAME | syscalls::RENAMEAT | syscalls::RENAMEAT2 => {
-            let Some(task) = filter::current() else {
-                return Ok(());
-            };
-            on_rename(regs, nr, task)
-        }
-        syscalls::UNLINK | syscalls::UNLINKAT => {
-            let Some(task) = filter::current() else {
-                return Ok(());
-            };
-            on_unlink(regs, nr, task)
-        }
+        syscalls::OPEN
+        | syscalls::OPENAT
+        | syscalls::OPENAT2
+        | syscalls::CREAT
+        | syscalls::OPEN_BY_HANDLE_AT => on_open(regs, nr, ret as u32, traced),
+        syscalls::RENAME | syscalls::RENAMEAT | syscalls::RENAMEAT2 => on_rename(regs, nr, traced),
+        syscalls::UNLINK | syscalls::UNLINKAT => on_unlink(regs, nr, traced),
         _ => Ok(()),
     }
 }
@@ -72,7 +80,8 @@ fn arg(regs: u64, off: u32) -> Result<u64, i64> {
 fn open_flags(regs: u64, nr: u32) -> u32 {
     let r = match nr {
         syscalls::OPEN => arg(regs, global!(KERNEL.regs_si)),
-        syscalls::OPENAT => arg(regs, global!(KERNEL.regs_dx)),
+        // open_by_handle_at(mount_fd, handle, flags): flags third, too.
+        syscalls::OPENAT | syscalls::OPEN_BY_HANDLE_AT => arg(regs, global!(KERNEL.regs_dx)),
         syscalls::OPENAT2 => match arg(regs, global!(KERNEL.regs_dx)) {
             // struct open_how starts with `u64 flags`.
             Ok(how) => unsafe { bpf_probe_read_user(how as *const u64).map_err(|e| e as i64) },

@@ -3,10 +3,12 @@
 //! in the modules below.
 //!
 //! What runs where:
-//! - `sys_exit` (raw tracepoint): opens, renames and unlinks, checked at
-//!   syscall exit so only successful calls are reported, and the syscall's
-//!   arguments are read from the saved registers (the kernel has already
-//!   faulted the user strings in).
+//! - `sys_exit_file` (tracepoint, attached to `syscalls/sys_exit_<name>` of
+//!   each open, rename and unlink variant): checked at syscall exit so only
+//!   successful calls are reported, and the syscall's arguments are read
+//!   from the saved registers (the kernel has already faulted the user
+//!   strings in). Per-syscall tracepoints, not the raw `sys_exit` one, so
+//!   no program runs for any other syscall on the machine.
 //! - `sched_process_exec/fork/exit` (tp_btf): the process tree and argv.
 //! - `cgroup_mkdir/rmdir` (tp_btf): cgroup lifecycle, and in-kernel
 //!   propagation of the trace filter to new child cgroups.
@@ -26,12 +28,12 @@ mod path;
 mod process;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, raw_tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+#[tracepoint]
+pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
     match files::try_sys_exit(&ctx) {
         Ok(()) | Err(_) => 0,
     }

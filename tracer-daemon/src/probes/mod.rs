@@ -6,15 +6,16 @@ mod btf;
 mod filter;
 pub mod preflight;
 mod stats;
+mod syscall_exit_layout;
 
 use std::path::PathBuf;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{BtfTracePoint, ProgramError, RawTracePoint},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
 };
-use roar_node_common::offsets::TracerConfig;
+use roar_node_common::{offsets::TracerConfig, syscalls};
 
 pub use self::{
     btf::KernelBtf,
@@ -79,7 +80,11 @@ impl Default for ProbeOptions {
 /// Which programs attach where. tracepoints, raw tracepoints and tp_btf
 /// only: this is the set every kernel we support allows (fentry and LSM
 /// are refused on some, kprobes are missing on others).
-const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sys_exit", "sys_exit")];
+///
+/// File syscalls: one program on each `syscalls/sys_exit_<name>` of
+/// `syscalls::TRACED_EXITS` (not the raw `sys_exit`, which would run a
+/// program on every syscall of every process on the node).
+const FILE_PROGRAM: &str = "sys_exit_file";
 const BTF_TRACEPOINTS: &[(&str, &str)] = &[
     ("sched_process_exec", "sched_process_exec"),
     ("sched_process_fork", "sched_process_fork"),
@@ -127,10 +132,12 @@ impl Probes {
             .map_max_entries("SEEN", options.seen_entries)
             .load(PROGRAMS)?;
 
-        for (name, tp) in RAW_TRACEPOINTS {
-            let prog: &mut RawTracePoint = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| refused(name, e))?;
-            prog.attach(tp).map_err(|e| refused(name, e))?;
+        syscall_exit_layout::check()?;
+        let prog: &mut TracePoint = program(&mut ebpf, FILE_PROGRAM)?;
+        prog.load().map_err(|e| refused(FILE_PROGRAM, e))?;
+        for name in syscalls::TRACED_EXITS {
+            prog.attach("syscalls", &format!("sys_exit_{name}"))
+                .map_err(|e| refused(&format!("{FILE_PROGRAM} on sys_exit_{name}"), e))?;
         }
         for (name, tp) in BTF_TRACEPOINTS {
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;

@@ -121,7 +121,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let runs = if args.quick { 1 } else { args.runs.max(1) };
     let work = base.join("work");
-    let all = workloads::prepare(&tools, &base.join("data"), &work, &sizes)?;
+    // Files the workloads write go to tmpfs: disk writeback of one run's
+    // files (and of their deletion) would land in the next run's time.
+    let tmpfs = PathBuf::from("/dev/shm/roar-node-bench");
+    let all = workloads::prepare(&tools, &base.join("data"), &tmpfs, &sizes)?;
     let chosen: Vec<&Workload> = all
         .iter()
         .filter(|w| args.only.is_empty() || args.only.iter().any(|o| o == w.name))

@@ -208,6 +208,9 @@ impl Background {
                 && fs::read_to_string(format!("/proc/{pid}/comm"))
                     .is_ok_and(|c| c.trim() == "sleep")
             {
+                // Let its start-up work (threads, first timer ticks) finish
+                // so it does not compete with the measured run.
+                std::thread::sleep(Duration::from_millis(200));
                 return Ok(Self { child });
             }
             if Instant::now() > deadline {

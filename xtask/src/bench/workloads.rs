@@ -123,7 +123,8 @@ fn python() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(out.trim()))
 }
 
-/// Makes the input data under `data` and returns the workloads.
+/// Makes the input data under `data` and returns the workloads, which
+/// write under `work`.
 pub fn prepare(
     tools: &Tools,
     data: &Path,
