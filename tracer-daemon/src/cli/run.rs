@@ -22,7 +22,7 @@ use crate::{
         CaptureFacts, Clock, FinishedTask, RecordBuilder, TaskIdentity, filters::FilterConfig,
         hashing::HashPool,
     },
-    sinks::{Sink, bundle::BundleDir},
+    sinks::bundle::BundleDir,
     tasks::TaskLimits,
 };
 
@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// Directory the bundle is written to.
     #[arg(long, default_value = "./roar-bundles", env = "ROAR_NODE_BUNDLE_DIR")]
     pub bundle_dir: PathBuf,
+    /// Where the record is kept if the bundle directory cannot take it
+    /// (full, read-only, removed while the command ran).
+    #[arg(long, default_value = "/var/tmp/roar-node-unsent", value_name = "DIR")]
+    pub fallback_dir: PathBuf,
     /// Task name in the record (default: the command line).
     #[arg(long)]
     pub name: Option<String>,
@@ -123,6 +127,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     preflight::check_btf(&opts.btf_path)?;
     let cgroot = find_cgroup2()?;
     let sink = BundleDir::new(&args.bundle_dir).with_context(|| "bundle directory")?;
+    sink.check_writable().context("bundle directory")?;
 
     let t0 = Instant::now();
     let mut probes = Probes::load(opts)?;
@@ -274,7 +279,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     record.bundle.pod = format!("run-{}", record.fragment.job_uid);
     record.bundle.container = argv0;
     record.bundle.attempt = "0".into();
-    let path = sink.emit(&record).context("writing the bundle")?;
+    let path = crate::sinks::emit_or_keep(&sink, &args.fallback_dir, &record)?;
     let s = &record.summary;
     if !args.quiet {
         eprintln!(

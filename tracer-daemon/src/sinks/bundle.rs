@@ -45,6 +45,21 @@ impl BundleDir {
         })
     }
 
+    /// Fails now, not after the task ran, if records cannot be created
+    /// here (read-only file system, wrong owner, not a directory).
+    pub fn check_writable(&self) -> Result<(), SinkError> {
+        let probe = self
+            .dir
+            .join(format!(".tmp-writable-{}", std::process::id()));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&probe)
+            .map_err(io(&self.dir))?;
+        fs::remove_file(&probe).map_err(io(&probe))
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }
