@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -28,6 +29,8 @@ enum Command {
     /// Overhead against the plain run and roar's own tracers, the full
     /// record path, throughput and loss, memory (as root).
     Bench(bench::Args),
+    /// Run the cargo-fuzz targets for a while each (10 min by default).
+    Fuzz(fuzz::Args),
 }
 
 fn main() {
@@ -37,6 +40,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Test(a) => test::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Fuzz(a) => fuzz::run(a),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

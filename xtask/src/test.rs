@@ -9,6 +9,9 @@ use crate::util::{self, build_release, is_root, roar_venv, root};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Seconds each fuzz target runs after the tests (0: skip fuzzing).
+    #[arg(long, default_value_t = 20)]
+    pub fuzz_seconds: u64,
     /// Extra arguments for `cargo test` (after `--`: for the test binaries).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cargo_args: Vec<String>,
@@ -31,5 +34,15 @@ pub fn run_tests(args: Args) -> anyhow::Result<()> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    run_tests(args)
+    let fuzz_seconds = args.fuzz_seconds;
+    run_tests(args)?;
+    if fuzz_seconds > 0 {
+        // A short run from the committed corpus: catches regressions on
+        // inputs the long runs already found interesting.
+        crate::fuzz::run(crate::fuzz::Args {
+            seconds: fuzz_seconds,
+            targets: Vec::new(),
+        })?;
+    }
+    Ok(())
 }

@@ -1,0 +1,31 @@
+//! Ring-buffer bytes -> typed event -> task state. The kernel is trusted
+//! but the layout contract between two builds is not: no input may panic,
+//! loop, or allocate without bound.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use roar_node::{
+    events::parse,
+    tasks::{Task, TaskLimits},
+};
+
+fuzz_target!(|data: &[u8]| {
+    // Several records back to back, as the consumer sees a batch.
+    let mut task = Task::new(
+        1,
+        TaskLimits {
+            max_files: 64,
+            max_processes: 64,
+        },
+    );
+    let mut rest = data;
+    while rest.len() >= 8 {
+        // EventHeader.size (u32 at offset 4) is the record's length.
+        let size = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let take = size.clamp(1, rest.len());
+        if let Ok(ev) = parse(&rest[..take]) {
+            let _ = task.apply(&ev);
+        }
+        rest = &rest[take..];
+    }
+});
