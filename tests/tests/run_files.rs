@@ -318,3 +318,37 @@ fn open_by_handle_at_is_captured() {
         .unwrap_or_else(|| panic!("not captured: {:?}", t.read_paths()));
     assert_eq!(read["hash"], blake3_file(w.path("target.txt")));
 }
+
+/// Outputs on a mount only the task can see (as a container's emptyDir is)
+/// are hashed from the task's mount namespace, held open by roar-node, after
+/// every process of the task has exited and nothing else can see them.
+#[test]
+fn outputs_in_a_private_mount_namespace_are_hashed_after_exit() {
+    let w = Work::new("private-mnt");
+    fs::create_dir_all(w.path("vol")).unwrap();
+    let script = "mount -t tmpfs scratch vol && printf 'model weights\\n' > vol/out.bin \
+                  && cp vol/out.bin vol/copy.bin";
+    let t = w
+        .trace(&[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ])
+        .ok();
+    // The host sees an empty directory: the files exist only in the task's
+    // namespace, which ended with it.
+    assert!(!w.path("vol/out.bin").exists());
+    let want = blake3_bytes(b"model weights\n");
+    for name in ["vol/out.bin", "vol/copy.bin"] {
+        let write = t
+            .write(&w.s(name))
+            .unwrap_or_else(|| panic!("{name}: {:?} {}", t.write_paths(), t.md()));
+        assert_eq!(write["hash"], want, "{name}");
+    }
+    assert_eq!(t.md()["deleted"], serde_json::json!([]));
+    assert_eq!(t.md()["capture"]["mount_namespaces_missed"], 0);
+}

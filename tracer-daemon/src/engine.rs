@@ -12,7 +12,7 @@ use crate::{
     events::{Body, Event, parse},
     records::{
         hashing::{HashJob, HashPool, HashSlot},
-        mountns::{MountNs, Namespaces},
+        mountns::{MountNs, Namespaces, NsView},
     },
     tasks::{Task, TaskLimits, TaskTable},
 };
@@ -76,7 +76,11 @@ impl Engine {
     /// until its processes reveal their own.
     pub fn register(&mut self, key: u64, ns: Option<Arc<MountNs>>) {
         self.table.start(key);
-        let nss = self.namespaces.entry(key).or_default();
+        let own = self.own_ns;
+        let nss = self
+            .namespaces
+            .entry(key)
+            .or_insert_with(|| Namespaces::new(own));
         if let Some(ns) = ns {
             nss.add(ns);
         }
@@ -116,7 +120,11 @@ impl Engine {
         let Some(first) = self.table.apply(ev) else {
             return;
         };
-        let ns = self.namespace_for(ev.task, first.mnt_ns as u64);
+        let ns = match self.namespace_for(ev.task, first.mnt_ns as u64) {
+            // The record says why it has no hash.
+            NsView::Gone => return,
+            view => view.held(),
+        };
         let slot = HashSlot::new();
         let job = HashJob {
             ns,
@@ -146,7 +154,11 @@ impl Engine {
         if inum == 0 || inum == self.own_ns {
             return;
         }
-        let nss = self.namespaces.entry(task).or_default();
+        let own = self.own_ns;
+        let nss = self
+            .namespaces
+            .entry(task)
+            .or_insert_with(|| Namespaces::new(own));
         if nss.knows(inum) {
             return;
         }
@@ -156,15 +168,13 @@ impl Engine {
         }
     }
 
-    /// `None` means the daemon's own namespace.
-    fn namespace_for(&self, task: u64, inum: u64) -> Option<Arc<MountNs>> {
+    fn namespace_for(&self, task: u64, inum: u64) -> NsView {
         if inum == self.own_ns {
-            return None;
+            return NsView::Own;
         }
         self.namespaces
             .get(&task)
-            .and_then(|n| n.resolve(inum))
-            .filter(|ns| ns.inum != self.own_ns)
+            .map_or(NsView::Own, |n| n.resolve(inum))
     }
 
     /// Takes a task out for its record.

@@ -58,7 +58,12 @@ pub fn submit(buf: *mut u8, size: usize, kind: EventKind, task: *mut FilterEntry
     let size = size & (SCRATCH_SIZE - 1);
     put::<u32>(buf, core::mem::offset_of!(EventHeader, size), size as u32);
     let data = unsafe { core::slice::from_raw_parts(buf as *const u8, size) };
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= global!(CONFIG.wakeup_bytes) {
+    // Wake the consumer at once for an exec (it must open the new
+    // process's mount namespace while the process still lives) and for a
+    // new cgroup (a container's cgroup must reach the filter before its
+    // first exec); batch everything else by fill level.
+    let urgent = matches!(kind, EventKind::Exec | EventKind::CgroupMkdir);
+    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA) >= global!(CONFIG.wakeup_bytes) {
         count(loss::FORCED_WAKEUPS);
         BPF_RB_FORCE_WAKEUP
     } else {

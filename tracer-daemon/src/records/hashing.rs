@@ -73,6 +73,13 @@ impl HashSlot {
         Arc::new(Self::default())
     }
 
+    /// A slot that already holds its outcome (nothing to hash).
+    pub fn ready(v: HashOutcome) -> Arc<Self> {
+        let slot = Self::new();
+        slot.set(v);
+        slot
+    }
+
     fn set(&self, v: HashOutcome) {
         *self.value.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
         self.ready.notify_all();

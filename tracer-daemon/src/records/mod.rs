@@ -18,7 +18,7 @@ use self::{
     filters::{FileFilter, FilterConfig},
     fragment::{ArtifactRef, CAPTURE_METHOD, Fragment, HASH_ALGORITHM},
     hashing::{HashJob, HashOutcome, HashPool, HashSlot},
-    mountns::Namespaces,
+    mountns::{Namespaces, NsView},
 };
 use crate::tasks::{Task, process};
 
@@ -184,13 +184,15 @@ impl RecordBuilder<'_> {
         let mut inputs = Vec::new();
         let mut outputs = Vec::new();
         for (path, st) in task.files.iter() {
-            let ns = namespaces.resolve(st.mnt_ns as u64);
+            let view = namespaces.resolve(st.mnt_ns as u64);
+            let ns = view.held();
             if let Some(input) = &st.input {
                 match filter.read(path, st.output.is_some()) {
                     Some(why) => *dropped.entry(why.name()).or_default() += 1,
                     None => {
                         let slot = match input_hashes.get(path) {
                             Some(s) => s.clone(),
+                            None if matches!(view, NsView::Gone) => HashSlot::ready(ns_gone()),
                             None => {
                                 let slot = HashSlot::new();
                                 self.pool.submit(HashJob {
@@ -209,6 +211,9 @@ impl RecordBuilder<'_> {
             if st.output.is_some() {
                 match filter.write(path) {
                     Some(why) => *dropped.entry(why.name()).or_default() += 1,
+                    None if matches!(view, NsView::Gone) => {
+                        outputs.push((path, st, HashSlot::ready(ns_gone())));
+                    }
                     None => {
                         let slot = HashSlot::new();
                         self.pool.submit(HashJob {
@@ -424,6 +429,14 @@ fn artifact(path: String, hash: Option<String>, size: u64) -> ArtifactRef {
 
 /// roar's job uids are 8 hex characters; ours derive from the task's
 /// identity so a record emitted twice has the same uid.
+/// Why a file seen in a namespace that ended too early has no hash.
+fn ns_gone() -> HashOutcome {
+    HashOutcome::Unreadable(
+        "its mount namespace ended before roar-node could hold it (a process that lived only milliseconds)"
+            .into(),
+    )
+}
+
 pub fn job_uid(task_id: &str, node: &str, start_ns: u64) -> String {
     let mut h = blake3::Hasher::new();
     h.update(task_id.as_bytes());

@@ -41,18 +41,51 @@ impl MountNs {
     }
 }
 
+/// Where a file's path is looked up.
+#[derive(Clone, Debug)]
+pub enum NsView {
+    /// roar-node's own mount namespace.
+    Own,
+    /// A namespace held open for the task.
+    Held(Arc<MountNs>),
+    /// The opener's namespace ended before roar-node could hold it: the
+    /// path means nothing anywhere else, so the file cannot be hashed
+    /// (and must not be reported as deleted).
+    Gone,
+}
+
+impl NsView {
+    /// For the hash pool: `None` is roar-node's own namespace.
+    pub fn held(&self) -> Option<Arc<MountNs>> {
+        match self {
+            Self::Held(ns) => Some(ns.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// The namespaces one task's processes ran in.
 #[derive(Debug, Default)]
 pub struct Namespaces {
+    /// roar-node's own namespace (0 when unknown).
+    own: u64,
     by_inum: HashMap<u64, Arc<MountNs>>,
     /// The first one seen: used for files whose opener's namespace is
-    /// unknown.
+    /// unknown (inum 0).
     default: Option<Arc<MountNs>>,
     /// Namespaces that could not be opened (process already gone).
     pub missed: u64,
 }
 
 impl Namespaces {
+    /// For a task traced by a daemon running in namespace `own`.
+    pub fn new(own: u64) -> Self {
+        Self {
+            own,
+            ..Self::default()
+        }
+    }
+
     pub fn knows(&self, inum: u64) -> bool {
         self.by_inum.contains_key(&inum)
     }
@@ -64,8 +97,37 @@ impl Namespaces {
         self.by_inum.insert(ns.inum, ns);
     }
 
-    /// The namespace to look `inum`'s files up in.
-    pub fn resolve(&self, inum: u64) -> Option<Arc<MountNs>> {
-        self.by_inum.get(&inum).or(self.default.as_ref()).cloned()
+    /// Where to look up the files of a process in namespace `inum`.
+    pub fn resolve(&self, inum: u64) -> NsView {
+        if let Some(ns) = self.by_inum.get(&inum) {
+            return NsView::Held(ns.clone());
+        }
+        if inum == 0 {
+            return self.default.clone().map_or(NsView::Own, NsView::Held);
+        }
+        if inum == self.own || self.own == 0 {
+            return NsView::Own;
+        }
+        NsView::Gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_namespaces_are_gone_not_ours() {
+        let own = MountNs::current().unwrap();
+        let mut nss = Namespaces::new(own.inum);
+        assert!(matches!(nss.resolve(own.inum), NsView::Own));
+        assert!(matches!(nss.resolve(0), NsView::Own));
+        // A namespace we never held: looking its paths up in ours would
+        // hash the wrong file or call an existing output deleted.
+        assert!(matches!(nss.resolve(own.inum + 12345), NsView::Gone));
+        let held = Arc::new(MountNs::current().unwrap());
+        nss.add(held.clone());
+        assert!(matches!(nss.resolve(held.inum), NsView::Held(_)));
+        assert!(matches!(nss.resolve(0), NsView::Held(_)));
     }
 }
