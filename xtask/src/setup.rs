@@ -11,7 +11,8 @@ use crate::util::{self, is_root, output};
 pub struct Args {}
 
 /// Debian packages: LLVM 22 for bpf-linker, busybox-static (a static
-/// binary the tests trace), gcc for the benchmark workloads.
+/// binary the tests trace), gcc for the benchmark workloads, capsh and
+/// util-linux (unshare, mount) for the privilege and namespace tests.
 const APT: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -19,6 +20,8 @@ const APT: &[&str] = &[
     "gcc",
     "libc6-dev",
     "python3-venv",
+    "libcap2-bin",
+    "util-linux",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";

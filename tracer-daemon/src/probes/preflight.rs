@@ -34,6 +34,18 @@ pub fn effective_caps() -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other("no CapEff in /proc/self/status"))
 }
 
+/// Capabilities roar-node works without, at a cost it warns about.
+pub const RECOMMENDED: &[(u32, &str)] = &[
+    (
+        CAP_DAC_READ_SEARCH,
+        "CAP_DAC_READ_SEARCH: files the task can read but roar-node cannot will be recorded unhashed",
+    ),
+    (
+        CAP_SYS_PTRACE,
+        "CAP_SYS_PTRACE: mount namespaces of other users' processes cannot be held; their files may be recorded unhashed",
+    ),
+];
+
 pub fn check_capabilities() -> Result<(), ProbeError> {
     let caps = effective_caps()
         .map_err(|e| ProbeError::Preflight(format!("cannot read capabilities: {e}")))?;
@@ -43,6 +55,11 @@ pub fn check_capabilities() -> Result<(), ProbeError> {
         .map(|(_, why)| *why)
         .collect();
     if missing.is_empty() {
+        for (bit, why) in RECOMMENDED {
+            if caps & (1u64 << bit) == 0 {
+                tracing::warn!("missing {why}");
+            }
+        }
         return Ok(());
     }
     let who = if nix::unistd::geteuid().is_root() {
