@@ -36,8 +36,12 @@ pub struct SeenKey {
     pub root: u64,
     pub ino: u64,
     pub epoch: u64,
-    pub dev: u32,
+    /// The inode's `struct super_block` address: identifies the file
+    /// system as well as its device number does while it is mounted, and
+    /// costs no extra kernel read before the lookup.
+    pub sb: u64,
     pub generation: u32,
+    pub _pad: u32,
 }
 
 /// Value of `SEEN_FILES`: which accesses were already reported.

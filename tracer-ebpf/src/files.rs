@@ -95,9 +95,10 @@ fn open_flags(regs: u64, nr: u32) -> u32 {
 fn on_open(regs: u64, nr: u32, fd: u32, t: Traced) -> Result<(), i64> {
     let task = unsafe { bpf_get_current_task() } as u64;
     let file = fd_file(task, fd)?;
-    let inode = read_ptr(file, global!(KERNEL.file_f_inode))?;
-    let i_mode = read::<u16>(inode, global!(KERNEL.inode_i_mode))? as u32;
-    let f_mode: u32 = read(file, global!(KERNEL.file_f_mode))?;
+    let (f_inode, f_mode_off) = (global!(KERNEL.file_f_inode), global!(KERNEL.file_f_mode));
+    let fw = Window::<64>::read(file, &[f_inode, f_mode_off])?;
+    let inode = fw.ptr(f_inode)?;
+    let f_mode: u32 = fw.get(f_mode_off)?;
     let want = if f_mode & FMODE_READ != 0 {
         SEEN_READ
     } else {
@@ -107,29 +108,34 @@ fn on_open(regs: u64, nr: u32, fd: u32, t: Traced) -> Result<(), i64> {
     } else {
         0
     };
-    let sb = read_ptr(inode, global!(KERNEL.inode_i_sb))?;
-    // Pipes, sockets, directories, devices, O_PATH handles and anonymous
-    // inodes are not files whose content a task reads or writes.
-    if i_mode & S_IFMT != S_IFREG
-        || want == 0
-        || read::<u64>(sb, global!(KERNEL.sb_s_magic))? == ANON_INODE_FS_MAGIC
-    {
+    let (i_mode_off, i_sb, i_ino) = (
+        global!(KERNEL.inode_i_mode),
+        global!(KERNEL.inode_i_sb),
+        global!(KERNEL.inode_i_ino),
+    );
+    let iw = Window::<80>::read(inode, &[i_mode_off, i_sb, i_ino])?;
+    let i_mode = iw.get::<u16>(i_mode_off)? as u32;
+    // Pipes, sockets, directories, devices and O_PATH handles are not files
+    // whose content a task reads or writes (anonymous inodes: below).
+    if i_mode & S_IFMT != S_IFREG || want == 0 {
         count(loss::OPEN_NOT_REGULAR);
         return Ok(());
     }
-    let dev: u32 = read(sb, global!(KERNEL.sb_s_dev))?;
-    let ino: u64 = read(inode, global!(KERNEL.inode_i_ino))?;
+    let sb = iw.ptr(i_sb)?;
+    let ino: u64 = iw.get(i_ino)?;
     let generation: u32 = read(inode, global!(KERNEL.inode_i_generation))?;
 
     // First read and first write of a file object per task (and epoch) are
-    // enough for provenance; repeats stay in the kernel.
+    // enough for provenance; repeats stay in the kernel, decided before
+    // any further read.
     let suppress = unsafe { (*t.entry).flags } & FILTER_NO_SUPPRESS == 0;
     let key = SeenKey {
         root: t.root,
         ino,
         epoch: unsafe { (*t.entry).epoch },
-        dev,
+        sb,
         generation,
+        _pad: 0,
     };
     let mut seen = 0;
     if suppress && let Some(v) = unsafe { SEEN.get(key) } {
@@ -139,6 +145,13 @@ fn on_open(regs: u64, nr: u32, fd: u32, t: Traced) -> Result<(), i64> {
             return Ok(());
         }
     }
+    // Anonymous inodes (eventfd, timerfd, ...) can look like regular files.
+    // Never in SEEN (only reported files are), so checked here, once.
+    if read::<u64>(sb, global!(KERNEL.sb_s_magic))? == ANON_INODE_FS_MAGIC {
+        count(loss::OPEN_NOT_REGULAR);
+        return Ok(());
+    }
+    let dev: u32 = read(sb, global!(KERNEL.sb_s_dev))?;
 
     let buf = scratch()?;
     let root = task_fs_path(task, global!(KERNEL.fs_root))?;

@@ -34,16 +34,64 @@ pub fn read_path(base: u64, off: u32) -> Result<KPath, i64> {
     })
 }
 
+/// Up to `N` bytes of one struct, fetched with one helper call, from which
+/// several fields are taken. Every probe read costs a helper call and a
+/// fault-safe copy; the open path is hot, so fields that sit close together
+/// (they do in `fdtable`, `file` and `inode`) are read at once. The offsets
+/// are load-time constants, so the verifier resolves the bounds checks and
+/// a field outside the window falls back to its own read.
+pub struct Window<const N: usize> {
+    ptr: u64,
+    start: u32,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> Window<N> {
+    /// Reads `N` bytes of the struct at `ptr`, from the lowest of `offs`.
+    #[inline(always)]
+    pub fn read(ptr: u64, offs: &[u32]) -> Result<Self, i64> {
+        let mut start = u32::MAX;
+        for &o in offs {
+            if o < start {
+                start = o;
+            }
+        }
+        Ok(Self {
+            ptr,
+            start,
+            bytes: read(ptr, start)?,
+        })
+    }
+
+    #[inline(always)]
+    pub fn get<T: Copy>(&self, off: u32) -> Result<T, i64> {
+        let rel = off.wrapping_sub(self.start) as usize;
+        if rel + core::mem::size_of::<T>() <= N {
+            Ok(unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(rel).cast::<T>()) })
+        } else {
+            read(self.ptr, off)
+        }
+    }
+
+    #[inline(always)]
+    pub fn ptr(&self, off: u32) -> Result<u64, i64> {
+        let p: u64 = self.get(off)?;
+        if p == 0 { Err(-14) } else { Ok(p) }
+    }
+}
+
 /// The file behind descriptor `fd` of the task.
 #[inline(always)]
 pub fn fd_file(task: u64, fd: u32) -> Result<u64, i64> {
     let files = read_ptr(task, global!(KERNEL.task_files))?;
     let fdt = read_ptr(files, global!(KERNEL.files_fdt))?;
-    let max: u32 = read(fdt, global!(KERNEL.fdt_max_fds))?;
+    let (max_off, fd_off) = (global!(KERNEL.fdt_max_fds), global!(KERNEL.fdt_fd));
+    let w = Window::<16>::read(fdt, &[max_off, fd_off])?;
+    let max: u32 = w.get(max_off)?;
     if fd >= max {
         return Err(-9);
     }
-    let fds = read_ptr(fdt, global!(KERNEL.fdt_fd))?;
+    let fds = w.ptr(fd_off)?;
     read_ptr(fds, fd.wrapping_mul(8))
 }
 
