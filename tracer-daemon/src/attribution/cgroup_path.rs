@@ -307,7 +307,7 @@ pub struct CgroupDir {
 
 fn statfs_magic(path: &Path) -> Result<i64, CgroupRootError> {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64)
+        .map(|s| s.filesystem_type().0)
         .map_err(|e| CgroupRootError::Io {
             path: path.to_owned(),
             source: e.into(),

@@ -35,7 +35,7 @@ impl KernelBtf {
             total_bits += bits;
             ty = self.strip(member_ty)?;
         }
-        if total_bits % 8 != 0 {
+        if !total_bits.is_multiple_of(8) {
             return Err(ProbeError::Btf(format!("{name}.{path} is a bitfield")));
         }
         Ok(total_bits / 8)
@@ -150,6 +150,8 @@ impl KernelBtf {
             mnt_ns_inum: o("mnt_namespace", "ns.inum")?,
             cgroup_kn: o("cgroup", "kn")?,
             cgroup_level: o("cgroup", "level")?,
+            cgroup_root: o("cgroup", "root")?,
+            cgroup_root_hierarchy_id: o("cgroup_root", "hierarchy_id")?,
             // Renamed to __parent in 6.15.
             kn_parent: self.offset_any("kernfs_node", &["__parent", "parent"])?,
             kn_id: o("kernfs_node", "id")?,
