@@ -72,6 +72,9 @@ pub struct KernelOffsets {
     pub regs_r10: u32,
     pub regs_r8: u32,
     pub regs_orig_ax: u32,
+    // cgroup -> cgroup_root (which hierarchy: 0 is the v2 one)
+    pub cgroup_root: u32,
+    pub cgroup_root_hierarchy_id: u32,
 }
 
 /// Run-time settings for the programs (a read-only global, `CONFIG`).

@@ -52,7 +52,12 @@ pub struct Engine {
     namespaces: HashMap<u64, Namespaces>,
     input_hashes: HashMap<u64, HashMap<Vec<u8>, Arc<HashSlot>>>,
     undecodable_at_start: HashMap<u64, u64>,
+    /// Children whose mount namespace was looked up, per task.
+    fork_probes: HashMap<u64, u32>,
 }
+
+/// How many of a task's first children have their mount namespace held.
+const FORK_PROBES: u32 = 16;
 
 impl Engine {
     pub fn new(
@@ -69,6 +74,7 @@ impl Engine {
             namespaces: HashMap::new(),
             input_hashes: HashMap::new(),
             undecodable_at_start: HashMap::new(),
+            fork_probes: HashMap::new(),
         })
     }
 
@@ -88,9 +94,34 @@ impl Engine {
             .insert(key, self.stats.undecodable_total());
     }
 
+    /// Adds a mount namespace a task's files may be looked up in (one held
+    /// while the task's events waited for attribution).
+    pub fn hold(&mut self, key: u64, ns: Arc<MountNs>) {
+        let own = self.own_ns;
+        let nss = self
+            .namespaces
+            .entry(key)
+            .or_insert_with(|| Namespaces::new(own));
+        if !nss.knows(ns.inum) && ns.inum != self.own_ns {
+            nss.add(ns);
+        }
+    }
+
     /// Handles one ring-buffer record. Returns the event when it is not a
     /// task's (cgroup lifecycle), for attribution to look at.
     pub fn handle(&mut self, bytes: &[u8]) -> Option<Event> {
+        let ev = self.decode(bytes)?;
+        if matches!(ev.body, Body::Cgroup(_)) {
+            return Some(ev);
+        }
+        self.apply(&ev);
+        None
+    }
+
+    /// Decodes one ring-buffer record and counts it, without applying it:
+    /// for callers that route events themselves (the daemon holds events
+    /// of cgroups it has not attributed yet).
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
         self.stats.records += 1;
         let ev = match parse(bytes) {
             Ok(ev) => ev,
@@ -101,11 +132,7 @@ impl Engine {
             }
         };
         self.stats.by_kind[ev.body.kind() as usize] += 1;
-        if matches!(ev.body, Body::Cgroup(_)) {
-            return Some(ev);
-        }
-        self.apply(&ev);
-        None
+        Some(ev)
     }
 
     /// Applies an event to its task.
@@ -114,8 +141,18 @@ impl Engine {
             self.table.unattributed += 1;
             return;
         }
-        if let Body::Exec(e) = &ev.body {
-            self.hold_namespace(ev.task, ev.tgid, e.mnt_ns as u64);
+        match &ev.body {
+            Body::Exec(e) => self.hold_namespace(ev.task, ev.tgid, e.mnt_ns as u64),
+            // A container's first processes (runc init) enter its mount
+            // namespace long before the entrypoint execs, and short tasks
+            // are gone before userspace sees their exec: hold the
+            // namespace of the first children too.
+            Body::Fork {
+                child_tgid,
+                thread: false,
+                ..
+            } => self.hold_child_namespace(ev.task, *child_tgid),
+            _ => {}
         }
         let Some(first) = self.table.apply(ev) else {
             return;
@@ -168,6 +205,18 @@ impl Engine {
         }
     }
 
+    /// Holds the namespace of one of a task's first children.
+    fn hold_child_namespace(&mut self, task: u64, child: u32) {
+        let tried = self.fork_probes.entry(task).or_default();
+        if *tried >= FORK_PROBES {
+            return;
+        }
+        *tried += 1;
+        if let Ok(ns) = MountNs::of_pid(&self.proc_root, child) {
+            self.hold(task, Arc::new(ns));
+        }
+    }
+
     fn namespace_for(&self, task: u64, inum: u64) -> NsView {
         if inum == self.own_ns {
             return NsView::Own;
@@ -181,6 +230,7 @@ impl Engine {
     pub fn finish(&mut self, key: u64) -> Option<Finished> {
         let task = self.table.finish(key)?;
         let start = self.undecodable_at_start.remove(&key).unwrap_or(0);
+        self.fork_probes.remove(&key);
         Some(Finished {
             task,
             input_hashes: self.input_hashes.remove(&key).unwrap_or_default(),

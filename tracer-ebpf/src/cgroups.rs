@@ -26,6 +26,18 @@ struct Cgroup {
     level: u32,
 }
 
+/// Whether `cgrp` is in the cgroup v2 hierarchy (`cgrp_dfl_root`, whose
+/// hierarchy id is 0). On a hybrid host the same tracepoints fire for every
+/// v1 hierarchy, whose kernfs ids are a separate numbering: a v1 cgroup's
+/// id can equal a v2 cgroup's, so v1 events must neither touch the filter
+/// nor reach userspace.
+#[inline(always)]
+fn is_v2(cgrp: u64) -> Result<bool, i64> {
+    let root = read_ptr(cgrp, global!(KERNEL.cgroup_root))?;
+    let hierarchy_id: i32 = read(root, global!(KERNEL.cgroup_root_hierarchy_id))?;
+    Ok(hierarchy_id == 0)
+}
+
 #[inline(always)]
 fn cgroup(cgrp: u64) -> Result<Cgroup, i64> {
     let kn = read_ptr(cgrp, global!(KERNEL.cgroup_kn))?;
@@ -44,6 +56,9 @@ fn cgroup(cgrp: u64) -> Result<Cgroup, i64> {
 
 /// cgroup_mkdir(struct cgroup *cgrp, const char *path)
 pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    if !is_v2(ctx.arg(0))? {
+        return Ok(());
+    }
     let cg = cgroup(ctx.arg(0))?;
     let mut flags = 0;
     let mut root = 0;
@@ -71,6 +86,9 @@ pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
 /// cgroup_rmdir(struct cgroup *cgrp, const char *path)
 pub fn try_rmdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    if !is_v2(ctx.arg(0))? {
+        return Ok(());
+    }
     let cg = cgroup(ctx.arg(0))?;
     let mut root = 0;
     if let Some(entry) = unsafe { TRACED.get(cg.id) } {

@@ -1,5 +1,7 @@
 //! Command line: wiring only.
 
+pub mod capture;
+pub mod daemon;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,9 @@ pub enum Command {
     /// Trace CMD and every process it starts; write one roar fragment
     /// bundle when they have all exited. Exits with CMD's exit code.
     Run(run::RunArgs),
+    /// Trace the opted-in pods of this node (a DaemonSet's command): one
+    /// roar fragment bundle per container run, in --bundle-dir.
+    Daemon(daemon::DaemonArgs),
 }
 
 /// Parses arguments, runs the command, returns the process exit code.
@@ -40,6 +45,7 @@ pub fn main() -> i32 {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Daemon(args) => daemon::daemon(args).await,
         }
     });
     match result {

@@ -4,7 +4,6 @@ use std::{
     ffi::OsString,
     os::unix::{ffi::OsStrExt, process::CommandExt},
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,17 +12,14 @@ use clap::Args;
 use roar_node_common::filter::FILTER_NO_SUPPRESS;
 use serde_json::json;
 
+use super::capture::{Capture, hostname, kernel_counters};
 use crate::{
     attribution::cgroupfs::{LocalCgroup, find_cgroup2},
-    engine::Engine,
-    events::reader::EventReader,
-    probes::{ProbeOptions, Probes, preflight},
+    probes::ProbeOptions,
     records::{
         CaptureFacts, Clock, FinishedTask, RecordBuilder, TaskIdentity, filters::FilterConfig,
-        hashing::HashPool,
     },
     sinks::bundle::BundleDir,
-    tasks::TaskLimits,
 };
 
 #[derive(Debug, Args)]
@@ -64,13 +60,6 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<OsString>,
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 fn boot_id() -> String {
@@ -123,15 +112,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         ring_buffer_bytes: args.ring_buffer_bytes,
         ..ProbeOptions::default()
     };
-    preflight::check_capabilities()?;
-    preflight::check_btf(&opts.btf_path)?;
     let cgroot = find_cgroup2()?;
     let sink = BundleDir::new(&args.bundle_dir).with_context(|| "bundle directory")?;
     sink.check_writable().context("bundle directory")?;
 
     let t0 = Instant::now();
-    let mut probes = Probes::load(opts)?;
-    let mut reader = EventReader::new(probes.take_events()?).context("ring buffer")?;
+    let Capture {
+        mut probes,
+        mut reader,
+        pool,
+        mut engine,
+    } = Capture::start(opts, PathBuf::from("/proc"), 2)?;
     let name = format!("run-{}-{}", std::process::id(), Clock::now_boot_ns());
     let cg = LocalCgroup::create(&cgroot, &name).context("creating a cgroup for the command")?;
     let flags = if args.no_suppress {
@@ -144,8 +135,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .trace(cg.id, flags)
         .context("adding the cgroup to the trace filter")?;
 
-    let pool = Arc::new(HashPool::new(2, 8192, 200_000).context("hash workers")?);
-    let mut engine = Engine::new(pool.clone(), PathBuf::from("/proc"), TaskLimits::default())?;
     engine.register(cg.id, None);
 
     // Signals: SIGINT reaches the command from the terminal; we wait for
@@ -234,16 +223,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut metadata = serde_json::Map::new();
     metadata.insert("mode".into(), json!("run"));
     metadata.insert("cgroup".into(), json!({"id": cg.id, "path": cg.rel}));
-    metadata.insert(
-        "kernel_counters".into(),
-        json!(
-            kernel_stats
-                .named()
-                .into_iter()
-                .filter(|(_, v)| *v > 0)
-                .collect::<std::collections::BTreeMap<_, _>>()
-        ),
-    );
+    metadata.insert("kernel_counters".into(), kernel_counters(&kernel_stats));
     metadata.insert("tracer".into(), tracer_usage());
     let identity = TaskIdentity {
         task_id: format!("local:{host}:{}:{}", boot_id(), cg.id),

@@ -154,6 +154,8 @@ impl KernelBtf {
             mnt_ns_inum: o("mnt_namespace", "ns.inum")?,
             cgroup_kn: o("cgroup", "kn")?,
             cgroup_level: o("cgroup", "level")?,
+            cgroup_root: o("cgroup", "root")?,
+            cgroup_root_hierarchy_id: o("cgroup_root", "hierarchy_id")?,
             // Renamed to __parent in 6.15.
             kn_parent: self.offset_any("kernfs_node", &["__parent", "parent"])?,
             kn_id: o("kernfs_node", "id")?,
