@@ -327,7 +327,7 @@ fn outputs_in_a_private_mount_namespace_are_hashed_after_exit() {
     let w = Work::new("private-mnt");
     fs::create_dir_all(w.path("vol")).unwrap();
     let script = "mount -t tmpfs scratch vol && printf 'model weights\\n' > vol/out.bin \
-                  && cp vol/out.bin vol/copy.bin";
+                  && cp vol/out.bin vol/copy.bin && sleep 0.3";
     let t = w
         .trace(&[
             "unshare",

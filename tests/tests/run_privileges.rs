@@ -116,3 +116,46 @@ fn each_required_capability_is_checked_before_the_command_runs() {
         );
     }
 }
+
+/// Outputs visible only in the task's own mount namespace: hashing them
+/// means `setns`, which needs CAP_SYS_CHROOT besides CAP_SYS_ADMIN.
+/// (The namespace lives 0.3 s: roar-node holds a namespace when it sees an
+/// exec in it, which a loaded 2-core machine can delay past the end of a
+/// process that lives a few milliseconds; the README says so.)
+const PRIVATE_NS: &str = "unshare -m --propagation private sh -c \"mount -t tmpfs v vol && echo private > vol/out.bin && sleep 0.3\"";
+
+#[test]
+fn hashing_in_a_task_mount_namespace_needs_sys_chroot() {
+    let w = Work::new("caps-chroot");
+    std::fs::create_dir_all(w.path("vol")).unwrap();
+    let mut keep = REQUIRED.to_vec();
+    keep.extend([HASH_ANY_FILE, "cap_sys_chroot"]);
+    let out = run_with_caps(&w, &keep, "with", PRIVATE_NS);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = only_bundle(&w, "with");
+    assert_eq!(f["writes"][0]["path"], w.s("vol/out.bin"), "{f}");
+    assert_eq!(f["writes"][0]["hash"], blake3_bytes(b"private\n"), "{f}");
+
+    keep.pop();
+    let out = run_with_caps(&w, &keep, "without", PRIVATE_NS);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("CAP_SYS_CHROOT"), "warned: {stderr}");
+    let f = only_bundle(&w, "without");
+    let md = &f["backend_metadata"];
+    // Listed, not hashed in the wrong namespace, not called deleted.
+    assert_eq!(f["writes"][0]["path"], w.s("vol/out.bin"), "{f}");
+    assert!(f["writes"][0]["hash"].is_null(), "{f}");
+    assert_eq!(md["deleted"], serde_json::json!([]), "{md}");
+    assert!(
+        !md["unhashed"][0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{md}"
+    );
+}

@@ -201,7 +201,10 @@ impl Engine {
         }
         match MountNs::of_pid(&self.proc_root, tgid) {
             Ok(ns) if ns.inum == inum => nss.add(Arc::new(ns)),
-            _ => nss.missed += 1,
+            other => {
+                tracing::debug!(tgid, inum, result = ?other.map(|n| n.inum), "mount namespace not held");
+                nss.missed += 1
+            }
         }
     }
 

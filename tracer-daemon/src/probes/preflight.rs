@@ -6,6 +6,7 @@ use std::path::Path;
 use super::ProbeError;
 
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_SYS_CHROOT: u32 = 18;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
@@ -39,6 +40,10 @@ pub const RECOMMENDED: &[(u32, &str)] = &[
     (
         CAP_DAC_READ_SEARCH,
         "CAP_DAC_READ_SEARCH: files the task can read but roar-node cannot will be recorded unhashed",
+    ),
+    (
+        CAP_SYS_CHROOT,
+        "CAP_SYS_CHROOT: cannot enter another mount namespace (setns needs it with CAP_SYS_ADMIN); files seen only there will be recorded unhashed",
     ),
     (
         CAP_SYS_PTRACE,
