@@ -352,3 +352,32 @@ fn outputs_in_a_private_mount_namespace_are_hashed_after_exit() {
     assert_eq!(t.md()["deleted"], serde_json::json!([]));
     assert_eq!(t.md()["capture"]["mount_namespaces_missed"], 0);
 }
+
+/// A task that swaps its output for a symbolic link to a file it should not
+/// learn about: roar-node (more privileged than the task) does not follow
+/// the link, so the record says why there is no hash and never holds the
+/// target's.
+#[test]
+fn symlinks_swapped_in_after_the_fact_are_not_followed() {
+    let w = Work::new("symlink-swap");
+    w.write("secret.txt", "top secret\n");
+    let t = w
+        .trace(&[
+            "sh",
+            "-c",
+            "echo data > out; ln -sf secret.txt out.tmp && mv -f out.tmp out",
+        ])
+        .ok();
+    let out = t
+        .write(&w.s("out"))
+        .unwrap_or_else(|| panic!("{:?}", t.write_paths()));
+    assert!(out["hash"].is_null(), "{out}");
+    let why = &t.md()["unhashed"][0];
+    assert_eq!(why["path"], w.s("out"));
+    assert!(
+        why["reason"].as_str().unwrap().contains("symbolic link"),
+        "{why}"
+    );
+    let secret = blake3_file(w.path("secret.txt"));
+    assert!(!t.bundle.to_string().contains(&secret));
+}

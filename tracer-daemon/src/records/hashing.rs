@@ -10,7 +10,7 @@ use std::{
     collections::{HashMap, VecDeque},
     fs::File,
     io::Read,
-    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    os::unix::fs::MetadataExt,
     path::Path,
     sync::{
         Arc, Condvar, Mutex,
@@ -281,17 +281,33 @@ fn version(m: &std::fs::Metadata) -> CacheKey {
     )
 }
 
+/// Opens `path` for reading without following any symbolic link. Paths in
+/// records come from the kernel's dentry walk, so they contain none; a link
+/// found there now was put by the task after the fact, and following it
+/// would let a task learn the hash of a file it cannot read (roar-node reads
+/// with more privilege than the task).
+fn open_no_symlinks(path: &Path) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::{AT_FDCWD, OFlag, OpenHow, ResolveFlag, openat2};
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(AT_FDCWD, path, how).map_err(std::io::Error::from)?;
+    Ok(std::fs::File::from(fd))
+}
+
 fn hash_file(job: &HashJob, cache: &Mutex<Cache>, stats: &HashStats) -> HashOutcome {
     use std::os::unix::ffi::OsStrExt;
     let path = Path::new(std::ffi::OsStr::from_bytes(&job.path));
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
+    let file = match open_no_symlinks(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashOutcome::Missing,
         Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return HashOutcome::Missing,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return HashOutcome::Unreadable(
+                "a symbolic link is now on the path (not followed: the task could point it at a file it cannot read)"
+                    .into(),
+            );
+        }
         Err(e) => return HashOutcome::Unreadable(e.to_string()),
     };
     for _attempt in 0..2 {
