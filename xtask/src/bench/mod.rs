@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these variants (plain is always run): traced, untraced,
-    /// roar_ebpf, roar_preload, roar_ptrace.
+    /// syscall_tracing_floor, roar_ebpf, roar_preload, roar_ptrace.
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
     /// Skip the full-path, throughput and memory parts.

@@ -114,6 +114,12 @@ pub fn markdown(r: &Results) -> String {
         }
         s.push('\n');
     }
+    let _ = writeln!(
+        s,
+        "\n\"syscall-tracing floor\": the plain run while an unrelated syscall tracepoint is enabled and no \
+         program runs: what the kernel's slow syscall path costs every process once any syscall tracepoint \
+         is in use. No syscall-tracepoint tracer can go below it."
+    );
     let lost: u64 = r.workloads.iter().map(|w| w.roar_node_lost_max).sum();
     let _ = writeln!(s, "\nroar-node events lost in these runs: {lost}.\n");
 

@@ -24,6 +24,12 @@ pub enum Variant {
     /// Alone, while `roar-node run` traces another cgroup: what every
     /// untraced process on a node pays for the attached programs.
     Untraced,
+    /// Alone, while an unrelated syscall tracepoint (`sys_exit_reboot`)
+    /// is enabled through tracefs: the cost the kernel adds to every
+    /// syscall of every process once any syscall tracepoint is in use
+    /// (its slow syscall path), with no program running at all. The floor
+    /// of any syscall-tracepoint tracer.
+    SyscallTracingFloor,
     /// roar-cli 0.4.7's eBPF tracer (`roar-tracer-ebpf`).
     RoarEbpf,
     /// roar-cli 0.4.7's LD_PRELOAD tracer (`roar-tracer-preload`).
@@ -33,10 +39,11 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 7] = [
         Variant::Plain,
         Variant::Traced,
         Variant::Untraced,
+        Variant::SyscallTracingFloor,
         Variant::RoarEbpf,
         Variant::RoarPreload,
         Variant::RoarPtrace,
@@ -47,6 +54,7 @@ impl Variant {
             Variant::Plain => "plain",
             Variant::Traced => "roar-node traced",
             Variant::Untraced => "roar-node untraced",
+            Variant::SyscallTracingFloor => "syscall-tracing floor",
             Variant::RoarEbpf => "roar-tracer-ebpf",
             Variant::RoarPreload => "roar-tracer-preload",
             Variant::RoarPtrace => "roar-tracer (ptrace)",
@@ -58,6 +66,7 @@ impl Variant {
             Variant::Plain => "plain",
             Variant::Traced => "traced",
             Variant::Untraced => "untraced",
+            Variant::SyscallTracingFloor => "syscall_tracing_floor",
             Variant::RoarEbpf => "roar_ebpf",
             Variant::RoarPreload => "roar_preload",
             Variant::RoarPtrace => "roar_ptrace",
@@ -95,10 +104,15 @@ impl Runner {
         inner.extend(argv.iter().cloned());
 
         let mut background = None;
+        let mut floor = None;
         let mut cmd = match variant {
             Variant::Plain => command(&inner),
             Variant::Untraced => {
                 background = Some(Background::start(self, &self.scratch.join("bg-bundles"))?);
+                command(&inner)
+            }
+            Variant::SyscallTracingFloor => {
+                floor = Some(SyscallTracing::enable()?);
                 command(&inner)
             }
             Variant::Traced => {
@@ -131,6 +145,7 @@ impl Runner {
         if let Some(bg) = background {
             bg.stop()?;
         }
+        drop(floor);
         if !out.status.success() {
             bail!(
                 "{} run of {:?} failed ({}): {}",
@@ -235,5 +250,26 @@ impl Background {
             bail!("background roar-node ended with {status}");
         }
         Ok(())
+    }
+}
+
+/// An enabled `syscalls/sys_exit_reboot` trace event, disabled on drop.
+pub struct SyscallTracing(PathBuf);
+
+impl SyscallTracing {
+    pub fn enable() -> anyhow::Result<Self> {
+        let file = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .map(|t| Path::new(t).join("events/syscalls/sys_exit_reboot/enable"))
+            .find(|p| p.exists())
+            .context("tracefs with syscall events is not mounted (run `cargo xtask setup`)")?;
+        fs::write(&file, "1").with_context(|| format!("enabling {}", file.display()))?;
+        Ok(Self(file))
+    }
+}
+
+impl Drop for SyscallTracing {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.0, "0");
     }
 }
