@@ -19,6 +19,10 @@ pub struct Args {
     /// Only these targets.
     #[arg(value_delimiter = ',')]
     pub targets: Vec<String>,
+    /// cargo-fuzz sanitizer: address (default) or none (faster to build
+    /// and run; what the short run after the tests uses).
+    #[arg(long, default_value = "address")]
+    pub sanitizer: String,
 }
 
 /// cargo-fuzz, installed on first use (it is a cargo subcommand from
@@ -50,7 +54,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .args(extra);
         c
     };
-    util::run(&mut fuzz(&["build", "-O"]))?;
+    let sanitizer = format!("--sanitizer={}", args.sanitizer);
+    util::run(&mut fuzz(&["build", "-O", &sanitizer]))?;
     for t in targets {
         let corpus = root().join("fuzz/corpus").join(t);
         std::fs::create_dir_all(&corpus)?;

@@ -42,6 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         crate::fuzz::run(crate::fuzz::Args {
             seconds: fuzz_seconds,
             targets: Vec::new(),
+            sanitizer: "none".into(),
         })?;
     }
     Ok(())
