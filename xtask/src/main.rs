@@ -1,6 +1,9 @@
 //! `cargo xtask <command>`: the project's developer workflows.
 
+mod cluster;
 mod demo;
+mod image;
+mod k8s_demo;
 mod setup;
 mod test;
 mod util;
@@ -24,6 +27,14 @@ enum Command {
     Demo(demo::Args),
     /// Run the whole test suite (as root: it loads real eBPF programs).
     Test(test::Args),
+    /// Write an OCI image tarball (no Docker): the release roar-node and
+    /// the libraries it links, or the demo's OSMO-shaped task image.
+    Image(image::Args),
+    /// The local single-node Kubernetes cluster: up, down, deploy, collect.
+    Cluster(cluster::Args),
+    /// End to end on a local cluster: cluster, image, DaemonSet, a
+    /// two-task OSMO-shaped workflow, bundles, roar's lineage graph.
+    Run(k8s_demo::Args),
 }
 
 fn main() {
@@ -32,6 +43,9 @@ fn main() {
         Command::Setup(a) => setup::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Test(a) => test::run(a),
+        Command::Image(a) => image::run(a),
+        Command::Cluster(a) => cluster::run(a),
+        Command::Run(a) => k8s_demo::run(a),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
