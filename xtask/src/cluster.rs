@@ -211,3 +211,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Everything the cluster end-to-end test needs: the cluster, the
+/// DaemonSet with this tree's binary, the task image.
+pub fn prepare_e2e() -> anyhow::Result<()> {
+    up()?;
+    deploy()?;
+    let tar = root().join("target/images/osmo-demo.tar");
+    image::osmo_image(image::OSMO_IMAGE, &tar)?;
+    image::import(&tar)
+}

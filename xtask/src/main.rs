@@ -35,6 +35,10 @@ enum Command {
     /// End to end on a local cluster: cluster, image, DaemonSet, a
     /// two-task OSMO-shaped workflow, bundles, roar's lineage graph.
     Run(k8s_demo::Args),
+    /// The cluster end-to-end test (tests/tests/k8s_e2e.rs): cluster up if
+    /// needed (~15 s; ~6.5 min the first time on a machine), DaemonSet,
+    /// task image, then the test with ROAR_NODE_K8S=1.
+    E2eK8s(test::Args),
 }
 
 fn main() {
@@ -46,6 +50,7 @@ fn main() {
         Command::Image(a) => image::run(a),
         Command::Cluster(a) => cluster::run(a),
         Command::Run(a) => k8s_demo::run(a),
+        Command::E2eK8s(a) => test::run_k8s(a),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
