@@ -1,6 +1,7 @@
 //! End to end on a real Kubernetes cluster: the roar-node DaemonSet traces
 //! OSMO-shaped task pods (osmo-init, osmo-ctrl, a user container, osmo.*
-//! labels) and writes one roar record per traced container run.
+//! labels) and a plain opted-in pod, and writes one roar record per traced
+//! container run; pods without (or with a malformed) opt-in get none.
 //!
 //! Runs only with `ROAR_NODE_K8S=1`, against the local single-node cluster
 //! with roar-node deployed: `cargo xtask e2e-k8s` starts the cluster if
@@ -190,10 +191,38 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     for t in [&consume, &fail, &quiet, &flaky0] {
         create(&kc, &t.pod());
     }
+    // 5. a malformed opt-in annotation: a warning, no record.
+    let typo = task("typo", 0, None, "echo typo > /osmo/data/output/t.txt", true);
+    let mut typo_pod = typo.pod();
+    typo_pod["metadata"]["annotations"]["roar-node/trace"] = json!("yes");
+    create(&kc, &typo_pod);
+    // 6. a plain (non-OSMO) pod that opted in: backend k8s, role task.
+    let plain_name = format!("plain-{run}");
+    create(
+        &kc,
+        &json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": plain_name, "namespace": ns,
+                         "annotations": {"roar-node/trace": "true"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{
+                    "name": "main",
+                    "image": OSMO_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", "mkdir -p /work && echo plain > /work/out.txt && cat /work/out.txt"],
+                }],
+            },
+        }),
+    );
     let consume_pod = wait_pod_done(&kc, &ns, &consume.pod_name(), timeout);
     let fail_pod = wait_pod_done(&kc, &ns, &fail.pod_name(), timeout);
     let quiet_pod = wait_pod_done(&kc, &ns, &quiet.pod_name(), timeout);
     let flaky0_pod = wait_pod_done(&kc, &ns, &flaky0.pod_name(), timeout);
+    let typo_pod = wait_pod_done(&kc, &ns, &typo.pod_name(), timeout);
+    let plain_pod = wait_pod_done(&kc, &ns, &plain_name, timeout);
     assert_eq!(exit_code(&fail_pod, "fail"), Some(3));
     assert_eq!(exit_code(&flaky0_pod, "flaky"), Some(1));
     // The retry: OSMO deletes the failed pod and creates a new one with
@@ -224,8 +253,16 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
         uid_of(&flaky0_pod),
         uid_of(&flaky1_pod),
     );
+    let (tu, plu) = (uid_of(&typo_pod), uid_of(&plain_pod));
     let all = wait_records(
-        &[(&pu, 2), (&cu, 2), (&fu, 2), (&f0u, 2), (&f1u, 2)],
+        &[
+            (&pu, 2),
+            (&cu, 2),
+            (&fu, 2),
+            (&f0u, 2),
+            (&f1u, 2),
+            (&plu, 1),
+        ],
         Duration::from_secs(60),
     );
 
@@ -325,8 +362,40 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
         blake3_bytes(b"attempt 1\n").as_str()
     );
 
-    // Nothing for the pod that did not opt in.
+    // Nothing for the pod that did not opt in, nor for the malformed
+    // annotation, which the daemon names in a warning.
     assert!(records_of(&all, &qu).is_empty());
+    assert!(records_of(&all, &tu).is_empty());
+    let logs = kubectl_ok(
+        &kc,
+        &[
+            "-n",
+            "roar-node",
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=roar-node",
+            "--tail=-1",
+        ],
+        None,
+    );
+    assert!(
+        logs.contains(&format!("pod {ns}/{}", typo.pod_name())) && logs.contains("\"yes\""),
+        "no warning about the malformed annotation in:\n{logs}"
+    );
+
+    // A plain Kubernetes pod: backend k8s, role task, pod/container name.
+    let plain = records_of(&all, &plu);
+    assert_eq!(plain.len(), 1, "{plain:#?}");
+    let f = &plain[0].1;
+    assert_eq!(f["backend"], "k8s");
+    assert_eq!(f["task_id"], format!("{plu}:main:0:0"));
+    assert_eq!(f["task_name"], format!("{plain_name}/main"));
+    assert_eq!(f["backend_metadata"]["execution_role"], "task");
+    assert!(f["backend_metadata"].get("osmo").is_none());
+    assert_eq!(
+        artifact(&f["writes"], "/work/out.txt").unwrap()["hash"],
+        blake3_bytes(b"plain\n").as_str()
+    );
 
     // Zero unattributed events during the test.
     let s = stats();
