@@ -196,6 +196,32 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     let mut typo_pod = typo.pod();
     typo_pod["metadata"]["annotations"]["roar-node/trace"] = json!("yes");
     create(&kc, &typo_pod);
+    // 7. a container restarted by the kubelet (restartPolicy OnFailure):
+    // one record per run, restart count in the task id.
+    let restart_name = format!("restart-{run}");
+    create(
+        &kc,
+        &json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": restart_name, "namespace": ns,
+                         "annotations": {"roar-node/trace": "true"}},
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{
+                    "name": "main",
+                    "image": OSMO_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c",
+                        "if [ -e /data/ran ]; then echo second > /data/run.txt; exit 0; fi; \
+                         echo first > /data/run.txt; touch /data/ran; exit 1"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                }],
+                "volumes": [{"name": "data", "emptyDir": {}}],
+            },
+        }),
+    );
     // 6. a plain (non-OSMO) pod that opted in: backend k8s, role task.
     let plain_name = format!("plain-{run}");
     create(
@@ -223,6 +249,7 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     let flaky0_pod = wait_pod_done(&kc, &ns, &flaky0.pod_name(), timeout);
     let typo_pod = wait_pod_done(&kc, &ns, &typo.pod_name(), timeout);
     let plain_pod = wait_pod_done(&kc, &ns, &plain_name, timeout);
+    let restart_pod = wait_pod_done(&kc, &ns, &restart_name, timeout);
     assert_eq!(exit_code(&fail_pod, "fail"), Some(3));
     assert_eq!(exit_code(&flaky0_pod, "flaky"), Some(1));
     // The retry: OSMO deletes the failed pod and creates a new one with
@@ -253,7 +280,7 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
         uid_of(&flaky0_pod),
         uid_of(&flaky1_pod),
     );
-    let (tu, plu) = (uid_of(&typo_pod), uid_of(&plain_pod));
+    let (tu, plu, ru) = (uid_of(&typo_pod), uid_of(&plain_pod), uid_of(&restart_pod));
     let all = wait_records(
         &[
             (&pu, 2),
@@ -262,6 +289,7 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
             (&f0u, 2),
             (&f1u, 2),
             (&plu, 1),
+            (&ru, 2),
         ],
         Duration::from_secs(60),
     );
@@ -381,6 +409,28 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     assert!(
         logs.contains(&format!("pod {ns}/{}", typo.pod_name())) && logs.contains("\"yes\""),
         "no warning about the malformed annotation in:\n{logs}"
+    );
+
+    // The restarted container: two records, restart counts 0 and 1.
+    let mut runs: Vec<(String, i64, String)> = records_of(&all, &ru)
+        .iter()
+        .map(|(_, f)| {
+            (
+                f["task_id"].as_str().unwrap().to_string(),
+                f["exit_code"].as_i64().unwrap(),
+                artifact(&f["writes"], "/data/run.txt")
+                    .map(|a| a["hash"].as_str().unwrap().to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        [
+            (format!("{ru}:main:0:0"), 1, blake3_bytes(b"first\n")),
+            (format!("{ru}:main:0:1"), 0, blake3_bytes(b"second\n")),
+        ]
     );
 
     // A plain Kubernetes pod: backend k8s, role task, pod/container name.
