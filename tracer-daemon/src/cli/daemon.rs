@@ -942,3 +942,81 @@ fn osmo_command_pid(task: &Task) -> Option<u32> {
         .min_by_key(|p| (p.start_ns, p.tgid))
         .map(|p| p.tgid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::cgroupfs::{LocalCgroup, find_cgroup2};
+
+    /// Finds a process put in a real cgroup through /proc (needs root).
+    #[test]
+    fn finds_a_process_of_a_cgroup_through_proc() {
+        let Ok(root) = find_cgroup2() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let name = format!("pid-in-cgroup-{}", std::process::id());
+        let cg = match LocalCgroup::create(&root, &name) {
+            Ok(cg) => cg,
+            Err(e) => {
+                eprintln!("skipped: cannot make a cgroup ({e}); run as root");
+                return;
+            }
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        cg.add(child.id()).unwrap();
+        let found = pid_in_cgroup(Path::new("/proc"), &cg.rel);
+        let empty = pid_in_cgroup(Path::new("/proc"), &format!("{}-none", cg.rel));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = cg.remove();
+        assert_eq!(found, Some(child.id()));
+        assert_eq!(empty, None);
+    }
+
+    fn exec(argv: &[&str]) -> crate::events::Exec {
+        crate::events::Exec {
+            ppid: 0,
+            exe: crate::events::FilePath {
+                bytes: argv[0].as_bytes().to_vec(),
+                inexact: 0,
+            },
+            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            argv_truncated: false,
+            argv_unreadable: false,
+            argv_total_len: 0,
+            mnt_ns: 1,
+            uid: 0,
+            own_cgroup: 0,
+        }
+    }
+
+    /// The shape of an OSMO user container: runc init (no exec), then
+    /// osmo_exec as the entrypoint, the user command as its child.
+    #[test]
+    fn the_command_is_osmo_execs_child() {
+        let mut t = Task::new(1, crate::tasks::TaskLimits::default());
+        let p = &mut t.processes;
+        p.fork(5, 10, false, 1);
+        p.fork(10, 11, false, 2);
+        p.exec(
+            11,
+            &exec(&["/osmo/bin/osmo_exec", "/bin/sh", "-c", "x > y"]),
+            3,
+        );
+        p.fork(11, 12, false, 4);
+        p.exec(12, &exec(&["/bin/sh", "-c", "x > y"]), 5);
+        p.fork(12, 13, false, 6);
+        p.exec(13, &exec(&["x"]), 7);
+        assert_eq!(entrypoint_pid(&t), Some(11));
+        assert_eq!(osmo_command_pid(&t), Some(12));
+        let mut plain = Task::new(2, crate::tasks::TaskLimits::default());
+        plain.processes.fork(5, 10, false, 1);
+        plain.processes.exec(10, &exec(&["/bin/sh", "-c", "x"]), 2);
+        assert_eq!(entrypoint_pid(&plain), Some(10));
+        assert_eq!(osmo_command_pid(&plain), None);
+    }
+}
