@@ -172,6 +172,11 @@ impl Attributor {
     }
 
     fn set_pending(&mut self, id: u64, in_filter: bool, out: &mut Vec<Action>) {
+        // Seen twice (the start-up walk and a mkdir event racing it):
+        // the first state stands.
+        if self.states.contains_key(&id) {
+            return;
+        }
         self.states.insert(id, CgState::Pending { in_filter });
         self.stats.waiting += 1;
         if in_filter {
@@ -329,7 +334,7 @@ impl Attributor {
     /// Drops a pending cgroup: known not traced, or never resolved.
     fn drop_pending(&mut self, id: u64, unattributed: bool, out: &mut Vec<Action>) {
         if let Some(CgState::Pending { in_filter }) = self.states.insert(id, CgState::Ignored) {
-            self.stats.waiting -= 1;
+            self.stats.waiting = self.stats.waiting.saturating_sub(1);
             if in_filter {
                 out.push(Action::Untrace(id));
                 out.push(Action::Discard {
@@ -392,7 +397,7 @@ impl Attributor {
             started_before_agent: !in_filter,
         };
         self.states.insert(id, CgState::Traced(meta.clone()));
-        self.stats.waiting -= 1;
+        self.stats.waiting = self.stats.waiting.saturating_sub(1);
         if !in_filter {
             out.push(Action::TraceContainer(id));
             out.push(Action::Begin {
@@ -445,7 +450,7 @@ impl Attributor {
     /// A task's record was written or dropped: forget its cgroup.
     pub fn forget(&mut self, id: u64) {
         if let Some(CgState::Pending { .. }) = self.states.remove(&id) {
-            self.stats.waiting -= 1;
+            self.stats.waiting = self.stats.waiting.saturating_sub(1);
         }
         if self.cgroups.get(&id).is_some_and(|c| c.removed.is_some()) {
             self.cgroups.remove(&id);
