@@ -17,6 +17,8 @@ use std::{
     },
 };
 
+pub mod k8s;
+
 use serde_json::Value;
 
 pub fn workspace() -> PathBuf {
@@ -48,6 +50,7 @@ pub fn bin() -> PathBuf {
 
 /// An exclusive lock on a file, released on drop (test binaries run in
 /// parallel processes).
+// The field is held for its drop (which releases the lock).
 pub struct FileLock(#[allow(dead_code)] fs::File);
 
 impl FileLock {

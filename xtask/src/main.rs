@@ -1,8 +1,11 @@
 //! `cargo xtask <command>`: the project's developer workflows.
 
 mod bench;
+mod cluster;
 mod demo;
 mod fuzz;
+mod image;
+mod k8s_demo;
 mod setup;
 mod test;
 mod util;
@@ -31,6 +34,18 @@ enum Command {
     Bench(bench::Args),
     /// Run the cargo-fuzz targets for a while each (10 min by default).
     Fuzz(fuzz::Args),
+    /// Write an OCI image tarball (no Docker): the release roar-node and
+    /// the libraries it links, or the demo's OSMO-shaped task image.
+    Image(image::Args),
+    /// The local single-node Kubernetes cluster: up, down, deploy, collect.
+    Cluster(cluster::Args),
+    /// End to end on a local cluster: cluster, image, DaemonSet, a
+    /// two-task OSMO-shaped workflow, bundles, roar's lineage graph.
+    Run(k8s_demo::Args),
+    /// The cluster end-to-end test (tests/tests/k8s_e2e.rs): cluster up if
+    /// needed (~15 s; ~6.5 min the first time on a machine), DaemonSet,
+    /// task image, then the test with ROAR_NODE_K8S=1.
+    E2eK8s(test::Args),
 }
 
 fn main() {
@@ -41,6 +56,10 @@ fn main() {
         Command::Test(a) => test::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Fuzz(a) => fuzz::run(a),
+        Command::Image(a) => image::run(a),
+        Command::Cluster(a) => cluster::run(a),
+        Command::Run(a) => k8s_demo::run(a),
+        Command::E2eK8s(a) => test::run_k8s(a),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -1,5 +1,7 @@
 //! The README's test command: every test, as root, with the release
-//! binary and roar-cli 0.4.7 ready before the suites start.
+//! binary and roar-cli 0.4.7 ready before the suites start; the cluster
+//! end-to-end test on a local Kubernetes (built and started if needed);
+//! then a short fuzzing run from the committed corpus.
 
 use std::process::Command;
 
@@ -12,38 +14,74 @@ pub struct Args {
     /// Seconds each fuzz target runs after the tests (0: skip fuzzing).
     #[arg(long, default_value_t = 20)]
     pub fuzz_seconds: u64,
+    /// Skip the cluster end-to-end test (it needs a local Kubernetes:
+    /// ~6.5 min to build the first time on a machine, ~15 s to start).
+    #[arg(long)]
+    pub no_k8s: bool,
+    /// Leave the local cluster running afterwards (it is stopped if this
+    /// command started it).
+    #[arg(long)]
+    pub keep_cluster: bool,
     /// Extra arguments for `cargo test` (after `--`: for the test binaries).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cargo_args: Vec<String>,
 }
 
-pub fn run_tests(args: Args) -> anyhow::Result<()> {
+/// `cargo test --release` with the binary, roar-cli, and (for the cluster
+/// test) the cluster's kubeconfig. `only`: one test target.
+fn cargo_test(args: &Args, k8s: bool, only: Option<&str>) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load eBPF programs and make cgroups: run them as root");
     }
     let bin = build_release()?;
     let venv = roar_venv()?;
-    util::run(
-        Command::new(env!("CARGO"))
-            .current_dir(root())
-            .env("ROAR_NODE_BIN", &bin)
-            .env("ROAR_VENV", &venv)
-            .args(["test", "--release", "--workspace"])
-            .args(&args.cargo_args),
-    )
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root())
+        .env("ROAR_NODE_BIN", &bin)
+        .env("ROAR_VENV", &venv)
+        .arg("test")
+        .arg("--release");
+    match only {
+        Some(t) => cmd.args(["-p", "roar-node-tests", "--test", t]),
+        None => cmd.arg("--workspace"),
+    };
+    if k8s {
+        cmd.env("ROAR_NODE_K8S", "1")
+            .env("KUBECONFIG", crate::cluster::kubeconfig());
+    }
+    util::run(cmd.args(&args.cargo_args))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let fuzz_seconds = args.fuzz_seconds;
-    run_tests(args)?;
-    if fuzz_seconds > 0 {
+    let k8s = !args.no_k8s;
+    let started_cluster = k8s && !crate::cluster::is_up();
+    if k8s {
+        crate::cluster::prepare_e2e()?;
+    }
+    let tested = cargo_test(&args, k8s, None);
+    if started_cluster && !args.keep_cluster {
+        // It costs CPU (benchmarks would feel it); CI machines are thrown
+        // away anyway.
+        let _ = crate::cluster::down();
+    }
+    tested?;
+    if args.fuzz_seconds > 0 {
         // A short run from the committed corpus: catches regressions on
         // inputs the long runs already found interesting.
         crate::fuzz::run(crate::fuzz::Args {
-            seconds: fuzz_seconds,
+            seconds: args.fuzz_seconds,
             targets: Vec::new(),
             sanitizer: "none".into(),
         })?;
     }
     Ok(())
+}
+
+/// The cluster end-to-end test alone (the cluster is left running).
+pub fn run_k8s(args: Args) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the cluster test runs a local Kubernetes cluster: run it as root");
+    }
+    crate::cluster::prepare_e2e()?;
+    cargo_test(&args, true, Some("k8s_e2e"))
 }

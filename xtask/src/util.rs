@@ -62,6 +62,11 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
 
 /// A venv with roar-cli 0.4.7 (the reference client), made on first use.
 pub fn roar_venv() -> anyhow::Result<PathBuf> {
+    if let Some(v) = std::env::var_os("ROAR_VENV").map(PathBuf::from)
+        && v.join("bin/roar").exists()
+    {
+        return Ok(v);
+    }
     let venv = root().join("target/roar-venv");
     let roar = venv.join("bin/roar");
     if !roar.exists() {

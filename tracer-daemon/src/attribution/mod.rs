@@ -138,6 +138,8 @@ pub struct Attributor {
     traced_pods: HashSet<u64>,
     states: HashMap<u64, CgState>,
     warned: HashSet<String>,
+    /// Pod UID -> its first (smallest id) container cgroup: the sandbox.
+    first_container_cgroup: HashMap<String, u64>,
     pub stats: AttributionStats,
 }
 
@@ -151,6 +153,7 @@ impl Attributor {
             traced_pods: HashSet::new(),
             states: HashMap::new(),
             warned: HashSet::new(),
+            first_container_cgroup: HashMap::new(),
             stats: AttributionStats::default(),
         }
     }
@@ -169,6 +172,11 @@ impl Attributor {
     }
 
     fn set_pending(&mut self, id: u64, in_filter: bool, out: &mut Vec<Action>) {
+        // Seen twice (the start-up walk and a mkdir event racing it):
+        // the first state stands.
+        if self.states.contains_key(&id) {
+            return;
+        }
         self.states.insert(id, CgState::Pending { in_filter });
         self.stats.waiting += 1;
         if in_filter {
@@ -223,6 +231,7 @@ impl Attributor {
     /// The pod is gone from the API server.
     pub fn on_pod_deleted(&mut self, uid: &str, now: Instant) -> Vec<Action> {
         self.pods.delete(uid, now);
+        self.first_container_cgroup.remove(uid);
         let mut out = Vec::new();
         if let Some(pcg) = self.pod_cgroups.get(uid).copied()
             && self.traced_pods.remove(&pcg)
@@ -299,6 +308,11 @@ impl Attributor {
                 }
             }
             CgroupPath::Container(cc) if cc.depth_below_container == 0 => {
+                let first = self
+                    .first_container_cgroup
+                    .entry(cc.pod_uid.clone())
+                    .or_insert(c.id);
+                *first = (*first).min(c.id);
                 let pod = self.pods.get(&cc.pod_uid).cloned();
                 let known_untraced = match &pod {
                     Some(p) => self.traced_reason(p, &mut out).is_none(),
@@ -320,7 +334,7 @@ impl Attributor {
     /// Drops a pending cgroup: known not traced, or never resolved.
     fn drop_pending(&mut self, id: u64, unattributed: bool, out: &mut Vec<Action>) {
         if let Some(CgState::Pending { in_filter }) = self.states.insert(id, CgState::Ignored) {
-            self.stats.waiting -= 1;
+            self.stats.waiting = self.stats.waiting.saturating_sub(1);
             if in_filter {
                 out.push(Action::Untrace(id));
                 out.push(Action::Discard {
@@ -353,7 +367,14 @@ impl Attributor {
             return;
         };
         let Some((container, run)) = pod.find_run(&cc.container_id) else {
-            if pod.all_containers_have_ids() || pod.is_finished() {
+            // Not (yet) in the pod's status. The kubelet makes the sandbox
+            // (pause) container before any other, so the pod's first
+            // container cgroup is the sandbox once some container shows
+            // an id. Any later one is a container (a restart's new run,
+            // say) whose id will show.
+            let first = self.first_container_cgroup.get(&cc.pod_uid) == Some(&id);
+            let any_id = pod.containers.iter().any(|c| !c.runs.is_empty());
+            if (first && any_id) || pod.is_finished() {
                 self.ignore(id, "sandbox (pause) container", out);
             }
             return;
@@ -376,7 +397,7 @@ impl Attributor {
             started_before_agent: !in_filter,
         };
         self.states.insert(id, CgState::Traced(meta.clone()));
-        self.stats.waiting -= 1;
+        self.stats.waiting = self.stats.waiting.saturating_sub(1);
         if !in_filter {
             out.push(Action::TraceContainer(id));
             out.push(Action::Begin {
@@ -429,7 +450,7 @@ impl Attributor {
     /// A task's record was written or dropped: forget its cgroup.
     pub fn forget(&mut self, id: u64) {
         if let Some(CgState::Pending { .. }) = self.states.remove(&id) {
-            self.stats.waiting -= 1;
+            self.stats.waiting = self.stats.waiting.saturating_sub(1);
         }
         if self.cgroups.get(&id).is_some_and(|c| c.removed.is_some()) {
             self.cgroups.remove(&id);
@@ -613,6 +634,49 @@ mod tests {
             ]
         );
         assert!(a.task(14).unwrap().started_before_agent);
+    }
+
+    /// A restarted container's new cgroup appears before the status shows
+    /// its id (the previous run's id is there): it is not the sandbox.
+    #[test]
+    fn restarted_container_is_not_the_sandbox() {
+        let full = pod();
+        let uid = full.uid.clone();
+        let base = format!("/kubepods/besteffort/pod{uid}");
+        let mut a = Attributor::new(Policy::default());
+        let t0 = Instant::now();
+        let mut running = full.clone();
+        running.phase = "Running".into();
+        a.on_pod(running.clone());
+        a.on_cgroup(&mkdir(10, &base, false), t0);
+        a.on_cgroup(&mkdir(11, &format!("{base}/{}", "a".repeat(64)), true), t0);
+        let first = id_of(&full, "train");
+        a.on_cgroup(&mkdir(14, &format!("{base}/{first}"), true), t0);
+        let second = "b".repeat(64);
+        let acts = a.on_cgroup(&mkdir(15, &format!("{base}/{second}"), true), t0);
+        assert_eq!(names(&acts), ["begin 15"], "waits for its id");
+        assert_eq!(a.stats.waiting, 1);
+        // The status now shows the new run, the old one in lastState.
+        let c = running
+            .containers
+            .iter_mut()
+            .find(|c| c.name == "train")
+            .unwrap();
+        c.runs.insert(
+            0,
+            pods::ContainerRun {
+                container_id: second.clone(),
+                restart_count: 1,
+                state: RunState::Running,
+            },
+        );
+        c.runs[1].restart_count = 0;
+        let acts = a.on_pod(running);
+        assert!(
+            names(&acts).contains(&format!("resolved 15 user {uid}:train:0:1")),
+            "{:?}",
+            names(&acts)
+        );
     }
 
     #[test]

@@ -363,17 +363,27 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         }
         st.drain(&mut reader);
     }
-    // Shutting down: tasks still running get a record marked partial.
+    // Shutting down. Tasks that ended get their record. Tasks still
+    // running do not: the next roar-node on this node picks them up
+    // (marked partial) and writes their one record; writing one here too
+    // would give roar two records of one container run.
     st.drain(&mut reader);
     let ids: Vec<u64> = st.active.keys().copied().collect();
     for id in ids {
         let Some(mut a) = st.active.remove(&id) else {
             continue;
         };
+        if a.gone_at.is_none() {
+            if let Some(m) = &a.meta {
+                eprintln!(
+                    "roar-node daemon: {} still running: left to the next roar-node on this node",
+                    m.task_id()
+                );
+            }
+            continue;
+        }
         if a.closing.is_none() {
-            let why = (a.gone_at.is_none())
-                .then(|| "roar-node stopped while the task was running".to_string());
-            a.closing = st.close(id, why);
+            a.closing = st.close(id, None);
         }
         match a.meta.clone() {
             Some(meta) => {
@@ -505,10 +515,14 @@ impl State {
                     if meta.started_before_agent {
                         // No exec seen: hold the namespace of a process
                         // that is in the container now.
-                        if let Some(pid) = first_pid(&self.ctx.cgroot, &meta.cgroup_path)
-                            && let Ok(ns) = MountNs::of_pid(&self.ctx.host_proc, pid)
+                        match pid_in_cgroup(&self.ctx.host_proc, &meta.cgroup_path)
+                            .map(|pid| MountNs::of_pid(&self.ctx.host_proc, pid))
                         {
-                            self.engine.hold(id, Arc::new(ns));
+                            Some(Ok(ns)) => self.engine.hold(id, Arc::new(ns)),
+                            other => tracing::warn!(
+                                task = %meta.task_id(),
+                                "no mount namespace for a container that was already running ({other:?}): its files are hashed from the daemon's view"
+                            ),
                         }
                     }
                     tracing::info!(task = %meta.task_id(), role = meta.role, cgroup = id, "task resolved");
@@ -869,15 +883,26 @@ fn identify(
     };
 }
 
-fn first_pid(cgroot: &Path, rel: &str) -> Option<u32> {
-    std::fs::read_to_string(
-        cgroot
-            .join(rel.trim_start_matches('/'))
-            .join("cgroup.procs"),
-    )
-    .ok()?
-    .lines()
-    .find_map(|l| l.trim().parse().ok())
+/// A process in the cgroup at `rel`, as a host PID. cgroup.procs shows
+/// PIDs in the reader's PID namespace (0 for processes outside it, which
+/// all are when the daemon runs without hostPID), so the host's /proc is
+/// searched instead: the process whose cgroup v2 line (`0::<path>`) names
+/// this cgroup or one below it.
+fn pid_in_cgroup(host_proc: &Path, rel: &str) -> Option<u32> {
+    let below = format!("{rel}/");
+    std::fs::read_dir(host_proc)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(host_proc.join(pid.to_string()).join("cgroup"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_string()))
+                })
+                .is_some_and(|p| p == rel || p.starts_with(&below))
+        })
 }
 
 /// Whether any process is in the cgroup (false when it is gone).
@@ -916,4 +941,82 @@ fn osmo_command_pid(task: &Task) -> Option<u32> {
         .filter(|p| p.ppid == Some(exec.tgid) && p.tgid != exec.tgid)
         .min_by_key(|p| (p.start_ns, p.tgid))
         .map(|p| p.tgid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::cgroupfs::{LocalCgroup, find_cgroup2};
+
+    /// Finds a process put in a real cgroup through /proc (needs root).
+    #[test]
+    fn finds_a_process_of_a_cgroup_through_proc() {
+        let Ok(root) = find_cgroup2() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let name = format!("pid-in-cgroup-{}", std::process::id());
+        let cg = match LocalCgroup::create(&root, &name) {
+            Ok(cg) => cg,
+            Err(e) => {
+                eprintln!("skipped: cannot make a cgroup ({e}); run as root");
+                return;
+            }
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        cg.add(child.id()).unwrap();
+        let found = pid_in_cgroup(Path::new("/proc"), &cg.rel);
+        let empty = pid_in_cgroup(Path::new("/proc"), &format!("{}-none", cg.rel));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = cg.remove();
+        assert_eq!(found, Some(child.id()));
+        assert_eq!(empty, None);
+    }
+
+    fn exec(argv: &[&str]) -> crate::events::Exec {
+        crate::events::Exec {
+            ppid: 0,
+            exe: crate::events::FilePath {
+                bytes: argv[0].as_bytes().to_vec(),
+                inexact: 0,
+            },
+            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            argv_truncated: false,
+            argv_unreadable: false,
+            argv_total_len: 0,
+            mnt_ns: 1,
+            uid: 0,
+            own_cgroup: 0,
+        }
+    }
+
+    /// The shape of an OSMO user container: runc init (no exec), then
+    /// osmo_exec as the entrypoint, the user command as its child.
+    #[test]
+    fn the_command_is_osmo_execs_child() {
+        let mut t = Task::new(1, crate::tasks::TaskLimits::default());
+        let p = &mut t.processes;
+        p.fork(5, 10, false, 1);
+        p.fork(10, 11, false, 2);
+        p.exec(
+            11,
+            &exec(&["/osmo/bin/osmo_exec", "/bin/sh", "-c", "x > y"]),
+            3,
+        );
+        p.fork(11, 12, false, 4);
+        p.exec(12, &exec(&["/bin/sh", "-c", "x > y"]), 5);
+        p.fork(12, 13, false, 6);
+        p.exec(13, &exec(&["x"]), 7);
+        assert_eq!(entrypoint_pid(&t), Some(11));
+        assert_eq!(osmo_command_pid(&t), Some(12));
+        let mut plain = Task::new(2, crate::tasks::TaskLimits::default());
+        plain.processes.fork(5, 10, false, 1);
+        plain.processes.exec(10, &exec(&["/bin/sh", "-c", "x"]), 2);
+        assert_eq!(entrypoint_pid(&plain), Some(10));
+        assert_eq!(osmo_command_pid(&plain), None);
+    }
 }

@@ -1,5 +1,6 @@
 //! Command line: wiring only.
 
+pub mod bundles;
 pub mod capture;
 pub mod daemon;
 pub mod run;
@@ -25,6 +26,8 @@ pub enum Command {
     /// Trace the opted-in pods of this node (a DaemonSet's command): one
     /// roar fragment bundle per container run, in --bundle-dir.
     Daemon(daemon::DaemonArgs),
+    /// Bundle directory tools (export, for collectors).
+    Bundles(bundles::BundlesArgs),
 }
 
 /// Parses arguments, runs the command, returns the process exit code.
@@ -46,6 +49,7 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Daemon(args) => daemon::daemon(args).await,
+            Command::Bundles(args) => bundles::bundles(args),
         }
     });
     match result {
@@ -61,8 +65,10 @@ pub fn main() -> i32 {
 fn init_logging() {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    use std::io::IsTerminal;
     let _ = fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -54,9 +54,15 @@ pub const RECOMMENDED: &[(u32, &str)] = &[
 pub fn check_capabilities() -> Result<(), ProbeError> {
     let caps = effective_caps()
         .map_err(|e| ProbeError::Preflight(format!("cannot read capabilities: {e}")))?;
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
     let missing: Vec<&str> = REQUIRED
         .iter()
-        .filter(|(bit, _)| caps & (1u64 << bit) == 0)
+        // The kernel lets CAP_SYS_ADMIN stand in for CAP_BPF and
+        // CAP_PERFMON (bpf_capable(), perfmon_capable()); some container
+        // runtimes do not know the newer names.
+        .filter(|(bit, _)| {
+            !(has(*bit) || (matches!(*bit, CAP_BPF | CAP_PERFMON) && has(CAP_SYS_ADMIN)))
+        })
         .map(|(_, why)| *why)
         .collect();
     if missing.is_empty() {

@@ -307,8 +307,17 @@ impl RecordBuilder<'_> {
             .command_pid
             .and_then(|pid| task.processes.get(pid))
             .or_else(|| procs.first().copied());
+        // What the command was started as (its first exec), not what it
+        // became (a shell execs the last command of `sh -c '...'`).
         let argv: Vec<String> = command
-            .map(|p| p.argv.iter().map(|a| enc.encode(a)).collect())
+            .map(|p| {
+                p.first_argv
+                    .as_ref()
+                    .unwrap_or(&p.argv)
+                    .iter()
+                    .map(|a| enc.encode(a))
+                    .collect()
+            })
             .unwrap_or_default();
         let exit_code = identity
             .exit_code

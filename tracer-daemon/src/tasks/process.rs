@@ -12,6 +12,9 @@ pub struct Process {
     pub ppid: Option<u32>,
     /// argv of the last exec (inherited from the parent until it execs).
     pub argv: Vec<Vec<u8>>,
+    /// argv of its first exec: what it was started as (a shell running
+    /// `sh -c 'cmd < in > out'` execs `cmd` in the same process).
+    pub first_argv: Option<Vec<Vec<u8>>>,
     pub argv_truncated: bool,
     pub argv_total_len: u32,
     pub exe: Option<FilePath>,
@@ -135,6 +138,9 @@ impl ProcessTree {
                 p.ppid = Some(e.ppid);
             }
             p.argv = e.argv.clone();
+            if p.first_argv.is_none() {
+                p.first_argv = Some(e.argv.clone());
+            }
             p.argv_truncated = e.argv_truncated || e.argv_unreadable;
             p.argv_total_len = e.argv_total_len;
             p.exe = Some(e.exe.clone());
@@ -199,5 +205,17 @@ mod tests {
         assert_eq!(exit_code(3 << 8), 3);
         assert_eq!(exit_code(9), 137);
         assert_eq!(exit_signal(9), Some(9));
+    }
+
+    #[test]
+    fn first_exec_is_kept() {
+        let mut t = ProcessTree::new(10);
+        t.fork(1, 200, false, 1);
+        assert_eq!(t.get(200).unwrap().first_argv, None);
+        t.exec(200, &exec(&["sh", "-c", "wc -c < in > out"]), 2);
+        t.exec(200, &exec(&["wc", "-c"]), 3);
+        let p = t.get(200).unwrap();
+        assert_eq!(p.argv[0], b"wc");
+        assert_eq!(p.first_argv.as_ref().unwrap()[0], b"sh");
     }
 }

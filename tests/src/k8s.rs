@@ -1,0 +1,254 @@
+//! OSMO-shaped task pods for the cluster demo (`cargo xtask run`) and the
+//! cluster end-to-end test: the three containers OSMO gives every task
+//! (`osmo-init`, `osmo-ctrl`, the user container), its `osmo.*` labels,
+//! `restartPolicy: Never`, and its data flow: osmo-ctrl "downloads" the
+//! task's input from a shared directory into `/osmo/data/input/0` before
+//! the command starts and "uploads" `/osmo/data/output` after it ends.
+//! The shared directory is a hostPath (the local cluster has no network
+//! and no object store), which is what links one task's output to the next
+//! task's input.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+/// The image with busybox and the osmo_exec stand-in.
+pub const OSMO_IMAGE: &str = "localhost/roar-e2e/osmo:1";
+
+/// One OSMO task.
+#[derive(Clone, Debug)]
+pub struct OsmoTask {
+    pub namespace: String,
+    pub workflow_name: String,
+    pub workflow_uuid: String,
+    pub task_name: String,
+    pub task_uuid: String,
+    pub retry_id: u32,
+    /// File under the shared directory copied to /osmo/data/input/0/.
+    pub input: Option<String>,
+    /// The user command (run by `sh -c` under osmo_exec).
+    pub script: String,
+    /// Add `roar-node/trace: "true"` (what an OSMO pod template would).
+    pub opt_in: bool,
+    /// hostPath shared by all tasks of the workflow.
+    pub shared_dir: PathBuf,
+}
+
+impl OsmoTask {
+    /// OSMO's pod name: `{workflow_uuid[:16]}-{task_uuid[:16]}`.
+    pub fn pod_name(&self) -> String {
+        format!("{}-{}", &self.workflow_uuid[..16], &self.task_uuid[..16])
+    }
+
+    /// OSMO's user container name: the task name, lowercased, `_` -> `-`.
+    pub fn container_name(&self) -> String {
+        self.task_name.to_lowercase().replace('_', "-")
+    }
+
+    pub fn pod(&self) -> Value {
+        let labels = json!({
+            "osmo.workflow_id": format!("{}-1", self.workflow_name),
+            "osmo.workflow_uuid": self.workflow_uuid,
+            "osmo.group_name": self.task_name,
+            "osmo.group_uuid": self.task_uuid,
+            "osmo.task_name": self.task_name,
+            "osmo.task_uuid": self.task_uuid,
+            "osmo.retry_id": self.retry_id.to_string(),
+            "osmo.submitted_by": "e2e-example.com",
+            "osmo.pool": "local",
+            "osmo.platform": "cpu",
+            "osmo.priority": "NORMAL",
+            "osmo.lead_container": "true",
+        });
+        let mut annotations = json!({"pod-group-name": self.task_uuid});
+        if self.opt_in {
+            annotations["roar-node/trace"] = json!("true");
+        }
+        let osmo_vols = [
+            ("osmo-bin", "/osmo/bin"),
+            ("osmo-socket", "/osmo/data/socket"),
+            ("osmo-input", "/osmo/data/input"),
+            ("osmo-output", "/osmo/data/output"),
+        ];
+        let mounts: Vec<Value> = osmo_vols
+            .iter()
+            .map(|(n, p)| json!({"name": n, "mountPath": p}))
+            .collect();
+        let mut ctrl_mounts = mounts.clone();
+        ctrl_mounts.push(json!({"name": "shared", "mountPath": "/shared"}));
+        let mut volumes: Vec<Value> = osmo_vols
+            .iter()
+            .map(|(n, _)| json!({"name": n, "emptyDir": {}}))
+            .collect();
+        volumes.push(json!({"name": "shared", "hostPath": {
+            "path": self.shared_dir.to_string_lossy(), "type": "DirectoryOrCreate"}}));
+        let download = match &self.input {
+            Some(f) => format!("cp /shared/{f} /osmo/data/input/0/; "),
+            None => String::new(),
+        };
+        let ctrl = format!(
+            "mkdir -p /osmo/data/input/0 /shared/{task}; {download}\
+             touch /osmo/data/socket/start; \
+             while [ ! -e /osmo/data/socket/done ]; do sleep 0.1; done; \
+             cp -r /osmo/data/output/. /shared/{task}/",
+            task = self.task_name
+        );
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": self.pod_name(),
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": annotations,
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "initContainers": [{
+                    "name": "osmo-init",
+                    "image": OSMO_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", "cp /osmo_exec /osmo/bin/osmo_exec"],
+                    "volumeMounts": mounts,
+                }],
+                "containers": [
+                    {
+                        "name": "osmo-ctrl",
+                        "image": OSMO_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c", ctrl],
+                        "volumeMounts": ctrl_mounts,
+                    },
+                    {
+                        "name": self.container_name(),
+                        "image": OSMO_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["/osmo/bin/osmo_exec", "/bin/sh", "-c", self.script],
+                        "volumeMounts": mounts,
+                    },
+                ],
+                "volumes": volumes,
+            },
+        })
+    }
+}
+
+/// kubectl from the local cluster's cache, with its kubeconfig.
+pub fn kubectl(kubeconfig: &Path) -> Command {
+    let bin = std::env::var_os("KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/k8s-local/bin/kubectl")
+        });
+    let mut c = Command::new(bin);
+    c.arg("--kubeconfig").arg(kubeconfig);
+    c
+}
+
+/// Runs kubectl, returns stdout; panics with stderr on failure.
+pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let mut c = kubectl(kubeconfig);
+    c.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("kubectl");
+    if let Some(s) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Creates an object from JSON.
+pub fn create(kubeconfig: &Path, obj: &Value) {
+    kubectl_ok(kubeconfig, &["create", "-f", "-"], Some(&obj.to_string()));
+}
+
+/// The pod object, if it exists.
+pub fn get_pod(kubeconfig: &Path, ns: &str, name: &str) -> Option<Value> {
+    let out = kubectl(kubeconfig)
+        .args(["-n", ns, "get", "pod", name, "-o", "json"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Waits until the pod's phase is Succeeded or Failed; returns the pod.
+pub fn wait_pod_done(kubeconfig: &Path, ns: &str, name: &str, timeout: Duration) -> Value {
+    let t0 = Instant::now();
+    loop {
+        if let Some(p) = get_pod(kubeconfig, ns, name) {
+            let phase = p["status"]["phase"].as_str().unwrap_or("");
+            if phase == "Succeeded" || phase == "Failed" {
+                return p;
+            }
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "pod {ns}/{name} not done after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A new namespace, ready for pods (its default service account has its
+/// token: Kubernetes 1.20 admits pods only then).
+pub fn create_namespace(kubeconfig: &Path, ns: &str) {
+    create(
+        kubeconfig,
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+    );
+    let t0 = Instant::now();
+    while kubectl_ok(
+        kubeconfig,
+        &[
+            "-n",
+            ns,
+            "get",
+            "sa",
+            "default",
+            "-o",
+            "jsonpath={.secrets}",
+        ],
+        None,
+    )
+    .trim()
+    .is_empty()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no default sa in {ns}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `exitCode` of a container of a finished pod.
+pub fn exit_code(pod: &Value, container: &str) -> Option<i64> {
+    pod["status"]["containerStatuses"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == container)?["state"]["terminated"]["exitCode"]
+        .as_i64()
+}
