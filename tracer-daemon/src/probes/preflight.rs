@@ -12,16 +12,16 @@ pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
-/// Capabilities roar-node cannot work without, and why.
+/// Capabilities roar-node cannot work without, and why. The kernel lets
+/// CAP_SYS_ADMIN stand in for both (bpf_capable(), perfmon_capable()).
 pub const REQUIRED: &[(u32, &str)] = &[
-    (CAP_BPF, "CAP_BPF (load programs, create maps)"),
     (
-        CAP_PERFMON,
-        "CAP_PERFMON (attach tracing programs, read kernel memory)",
+        CAP_BPF,
+        "CAP_BPF or CAP_SYS_ADMIN (load programs, create maps)",
     ),
     (
-        CAP_SYS_ADMIN,
-        "CAP_SYS_ADMIN (enter a task's mount namespace to hash its files)",
+        CAP_PERFMON,
+        "CAP_PERFMON or CAP_SYS_ADMIN (attach tracing programs, read kernel memory)",
     ),
 ];
 
@@ -37,6 +37,10 @@ pub fn effective_caps() -> std::io::Result<u64> {
 
 /// Capabilities roar-node works without, at a cost it warns about.
 pub const RECOMMENDED: &[(u32, &str)] = &[
+    (
+        CAP_SYS_ADMIN,
+        "CAP_SYS_ADMIN: cannot enter another mount namespace (setns); files of tasks in their own mount namespace (containers) will be recorded unhashed",
+    ),
     (
         CAP_DAC_READ_SEARCH,
         "CAP_DAC_READ_SEARCH: files the task can read but roar-node cannot will be recorded unhashed",
@@ -57,12 +61,9 @@ pub fn check_capabilities() -> Result<(), ProbeError> {
     let has = |bit: u32| caps & (1u64 << bit) != 0;
     let missing: Vec<&str> = REQUIRED
         .iter()
-        // The kernel lets CAP_SYS_ADMIN stand in for CAP_BPF and
-        // CAP_PERFMON (bpf_capable(), perfmon_capable()); some container
-        // runtimes do not know the newer names.
-        .filter(|(bit, _)| {
-            !(has(*bit) || (matches!(*bit, CAP_BPF | CAP_PERFMON) && has(CAP_SYS_ADMIN)))
-        })
+        // Some container runtimes do not know the newer names: the
+        // kernel accepts CAP_SYS_ADMIN for both.
+        .filter(|(bit, _)| !(has(*bit) || has(CAP_SYS_ADMIN)))
         .map(|(_, why)| *why)
         .collect();
     if missing.is_empty() {
