@@ -282,5 +282,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     if args.print_record {
         println!("{}", serde_json::to_string_pretty(&record.fragment)?);
     }
+    probes.detach_after_exit();
     Ok(exit_code)
 }

@@ -159,6 +159,47 @@ impl Probes {
         })
     }
 
+    /// Leaves the programs attached until this process has exited, and
+    /// detaches them in a short-lived child instead of here. Detaching a
+    /// syscall tracepoint waits for RCU grace periods (tens of milliseconds
+    /// each, ten tracepoints): half a second added to every `roar-node run`
+    /// for nothing, since the record is already written and the filter is
+    /// empty. The child holds the last references to the programs' links
+    /// and exits when this process does (its pipe closes), so the kernel
+    /// tears them down there. If the fork fails, they are detached here.
+    pub fn detach_after_exit(self) {
+        let mut fds = [0i32; 2];
+        // SAFETY: plain syscalls; the child only calls async-signal-safe
+        // functions (close, read, _exit) before exiting.
+        unsafe {
+            if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                return;
+            }
+            match libc::fork() {
+                0 => {
+                    // Let whoever reads our stdout/stderr see EOF when the
+                    // parent exits, not when this child does.
+                    for fd in 0..3 {
+                        libc::close(fd);
+                    }
+                    libc::close(fds[1]);
+                    let mut byte = 0u8;
+                    libc::read(fds[0], (&raw mut byte).cast(), 1);
+                    libc::_exit(0);
+                }
+                -1 => {
+                    libc::close(fds[0]);
+                    libc::close(fds[1]);
+                }
+                _ => {
+                    libc::close(fds[0]);
+                    // The write end stays open until this process exits.
+                    std::mem::forget(self);
+                }
+            }
+        }
+    }
+
     /// The ring buffer, for the one consumer.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
