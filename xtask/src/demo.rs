@@ -5,7 +5,7 @@ use std::{fs, process::Command};
 
 use anyhow::Context;
 
-use crate::util::{self, build_release, roar_venv, root};
+use crate::util::{self, build_release, root};
 
 #[derive(clap::Args)]
 pub struct Args {}
@@ -48,25 +48,7 @@ pub fn run_demo() -> anyhow::Result<()> {
     println!("{}", fs::read_to_string(first)?);
 
     eprintln!("\n== roar k8s ingest-bundles, then roar dag (roar-cli 0.4.7)");
-    let roar = roar_venv()?.join("bin/roar");
-    util::run(Command::new("git").current_dir(&dir).args(["init", "-q"]))?;
-    util::run(
-        Command::new(&roar)
-            .current_dir(&dir)
-            .arg("init")
-            .env("ROAR_NO_HINTS", "1"),
-    )?;
-    util::run(
-        Command::new(&roar)
-            .current_dir(&dir)
-            .args(["k8s", "ingest-bundles"])
-            .arg(&bundles),
-    )?;
-    util::run(
-        Command::new(&roar)
-            .current_dir(&dir)
-            .args(["dag", "--no-color"]),
-    )?;
+    util::roar_graph(&dir, &bundles)?;
     eprintln!(
         "\nThe demo lives in {}; run `roar dag` there to see the graph again.",
         dir.display()

@@ -9,7 +9,7 @@
 //! machines do not have; deploy/k8s-local builds Kubernetes from Debian's
 //! source package instead.
 
-use std::{fs, path::PathBuf, process::Command, time::Duration};
+use std::{fs, path::PathBuf, time::Duration};
 
 use roar_node_tests::k8s::{self as wf, OsmoTask};
 use serde_json::Value;
@@ -127,32 +127,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bundles.display()
     );
 
-    let roar = roar_venv()?.join("bin/roar");
-    util::run(Command::new("git").current_dir(&dir).args(["init", "-q"]))?;
-    util::run(
-        Command::new(&roar)
-            .current_dir(&dir)
-            .arg("init")
-            .env("ROAR_NO_HINTS", "1"),
-    )?;
-    util::run(
-        Command::new(&roar)
-            .current_dir(&dir)
-            .args(["k8s", "ingest-bundles"])
-            .arg(&bundles),
-    )?;
-    util::run(
-        Command::new(&roar)
-            .current_dir(&dir)
-            .args(["dag", "--no-color"]),
-    )?;
+    util::roar_graph(&dir, &bundles)?;
     if !args.keep {
         let _ = util::output(cluster::kubectl().args(["delete", "namespace", &ns, "--wait=false"]));
     }
     eprintln!(
         "\nTo see the graph again:\n  cd {}\n  {} dag\nTo collect every bundle of the cluster:\n  cargo xtask cluster collect --out DIR && roar k8s ingest-bundles DIR",
         dir.display(),
-        roar.display()
+        roar_venv()?.join("bin/roar").display()
     );
     Ok(())
 }

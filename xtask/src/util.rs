@@ -75,3 +75,21 @@ pub fn roar_venv() -> anyhow::Result<PathBuf> {
     }
     Ok(venv)
 }
+
+/// Makes `dir` a roar project (git and `roar init`), ingests the bundles
+/// in `bundles` with `roar k8s ingest-bundles`, and prints `roar dag`.
+pub fn roar_graph(dir: &Path, bundles: &Path) -> anyhow::Result<()> {
+    let roar = roar_venv()?.join("bin/roar");
+    run(Command::new("git").current_dir(dir).args(["init", "-q"]))?;
+    run(Command::new(&roar)
+        .current_dir(dir)
+        .arg("init")
+        .env("ROAR_NO_HINTS", "1"))?;
+    run(Command::new(&roar)
+        .current_dir(dir)
+        .args(["k8s", "ingest-bundles"])
+        .arg(bundles))?;
+    run(Command::new(&roar)
+        .current_dir(dir)
+        .args(["dag", "--no-color"]))
+}
