@@ -11,6 +11,7 @@ use roar_node_common::event::EventKind;
 use crate::{
     events::{Body, Event, parse},
     records::{
+        CaptureFacts, FinishedTask, TaskIdentity,
         hashing::{HashJob, HashPool, HashSlot},
         mountns::{MountNs, Namespaces, NsView},
     },
@@ -40,6 +41,24 @@ pub struct Finished {
     /// Undecodable records seen while the task ran: they may have been its
     /// events.
     pub undecodable_during: u64,
+}
+
+impl Finished {
+    /// What the record builder needs: this state, the task's identity, and
+    /// the events the kernel lost for it.
+    pub fn into_task(self, identity: TaskIdentity, lost_in_kernel: u64) -> FinishedTask {
+        FinishedTask {
+            task: self.task,
+            identity,
+            input_hashes: self.input_hashes,
+            namespaces: self.namespaces,
+            capture: CaptureFacts {
+                lost_in_kernel,
+                decode_errors: self.undecodable_during,
+                partial: None,
+            },
+        }
+    }
 }
 
 pub struct Engine {

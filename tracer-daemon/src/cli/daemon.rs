@@ -41,8 +41,8 @@ use crate::{
     events::{Body, CgroupChange, reader::EventReader},
     probes::{ProbeOptions, Probes},
     records::{
-        BundleName, CaptureFacts, Clock, FinishedTask, RecordBuilder, TaskIdentity,
-        filters::FilterConfig, hashing::HashPool, job_uid, mountns::MountNs,
+        BundleName, Clock, RecordBuilder, TaskIdentity, filters::FilterConfig, hashing::HashPool,
+        job_uid, mountns::MountNs,
     },
     sinks::{Sink, bundle::BundleDir},
     tasks::Task,
@@ -63,6 +63,14 @@ pub struct DaemonArgs {
         env = "ROAR_NODE_BUNDLE_DIR"
     )]
     pub bundle_dir: PathBuf,
+    /// Where a record is kept if the bundle directory cannot take it (full,
+    /// read-only): on the node's state volume, never lost.
+    #[arg(
+        long,
+        default_value = "/var/lib/roar-node/unsent",
+        env = "ROAR_NODE_FALLBACK_DIR"
+    )]
+    pub fallback_dir: PathBuf,
     /// Counters (events, queues, unattributed), rewritten every second.
     #[arg(long, env = "ROAR_NODE_STATS_FILE")]
     pub stats_file: Option<PathBuf>,
@@ -207,6 +215,7 @@ struct Ctx {
     flags: u32,
     pool: Arc<HashPool>,
     sink: Arc<dyn Sink>,
+    fallback_dir: Arc<PathBuf>,
     filters: Arc<FilterConfig>,
 }
 
@@ -298,6 +307,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             },
             pool,
             sink,
+            fallback_dir: Arc::new(args.fallback_dir.clone()),
             filters: Arc::new(FilterConfig::default()),
         },
         probes,
@@ -668,6 +678,7 @@ impl State {
         let pool = self.ctx.pool.clone();
         let filters = self.ctx.filters.clone();
         let sink = self.ctx.sink.clone();
+        let fallback_dir = self.ctx.fallback_dir.clone();
         let node = self.ctx.node.clone();
         let written = self.totals.records_written.clone();
         let errors = self.totals.record_errors.clone();
@@ -681,17 +692,7 @@ impl State {
                 clock: Clock::new(),
                 host: node.clone(),
             };
-            let mut record = builder.build(FinishedTask {
-                task: finished.task,
-                identity,
-                input_hashes: finished.input_hashes,
-                namespaces: finished.namespaces,
-                capture: CaptureFacts {
-                    lost_in_kernel,
-                    decode_errors: finished.undecodable_during,
-                    partial: None,
-                },
-            });
+            let mut record = builder.build(finished.into_task(identity, lost_in_kernel));
             let fin = rx.blocking_recv();
             let (meta, pod, exit_code) = match fin {
                 Ok(Final::Write {
@@ -719,7 +720,7 @@ impl State {
                 partial,
             );
             let task_id = meta.task_id();
-            match sink.emit(&record) {
+            match crate::sinks::emit_or_keep(sink.as_ref(), &fallback_dir, &record) {
                 Ok(path) => {
                     written.fetch_add(1, Ordering::Relaxed);
                     let s = &record.summary;

@@ -16,9 +16,7 @@ use super::capture::{Capture, hostname, kernel_counters};
 use crate::{
     attribution::cgroupfs::{LocalCgroup, find_cgroup2},
     probes::ProbeOptions,
-    records::{
-        CaptureFacts, Clock, FinishedTask, RecordBuilder, TaskIdentity, filters::FilterConfig,
-    },
+    records::{Clock, RecordBuilder, TaskIdentity, filters::FilterConfig},
     sinks::bundle::BundleDir,
 };
 
@@ -245,17 +243,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         clock: Clock::new(),
         host,
     };
-    let mut record = builder.build(FinishedTask {
-        task: finished.task,
-        identity,
-        input_hashes: finished.input_hashes,
-        namespaces: finished.namespaces,
-        capture: CaptureFacts {
-            lost_in_kernel,
-            decode_errors: finished.undecodable_during,
-            partial: None,
-        },
-    });
+    let mut record = builder.build(finished.into_task(identity, lost_in_kernel));
     record.bundle.pod = format!("run-{}", record.fragment.job_uid);
     record.bundle.container = argv0;
     record.bundle.attempt = "0".into();
