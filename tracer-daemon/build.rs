@@ -6,6 +6,11 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    // The spool's schema. protoc comes from `cargo xtask setup`
+    // (protobuf-compiler).
+    println!("cargo:rerun-if-changed=proto/spool.proto");
+    prost_build::compile_protos(&["proto/spool.proto"], &["proto"])
+        .context("compiling proto/spool.proto (is protoc installed? `cargo xtask setup`)")?;
     let manifest = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest
         .parent()

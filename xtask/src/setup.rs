@@ -12,7 +12,8 @@ pub struct Args {}
 
 /// Debian packages: LLVM 22 for bpf-linker, busybox-static (a static
 /// binary the tests trace), gcc for the benchmark workloads, capsh and
-/// util-linux (unshare, mount) for the privilege and namespace tests.
+/// util-linux (unshare, mount) for the privilege and namespace tests,
+/// protoc for the spool's schema (tracer-daemon/proto).
 const APT: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -22,6 +23,7 @@ const APT: &[&str] = &[
     "python3-venv",
     "libcap2-bin",
     "util-linux",
+    "protobuf-compiler",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";

@@ -96,14 +96,19 @@ impl BundleDir {
     }
 }
 
+/// A record as the bytes of its bundle file (one fragment).
+pub fn bundle_bytes(record: &Record) -> Result<Vec<u8>, SinkError> {
+    let bundle = Bundle {
+        fragments: vec![record.fragment.clone()],
+    };
+    let mut bytes = serde_json::to_vec_pretty(&bundle)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
 impl Sink for BundleDir {
     fn emit(&self, record: &Record) -> Result<PathBuf, SinkError> {
-        let bundle = Bundle {
-            fragments: vec![record.fragment.clone()],
-        };
-        let mut bytes = serde_json::to_vec_pretty(&bundle)?;
-        bytes.push(b'\n');
-        self.write_atomic(&record.bundle.file_name(), &bytes)
+        self.write_atomic(&record.bundle.file_name(), &bundle_bytes(record)?)
     }
 }
 

@@ -2,6 +2,7 @@
 //! `Sink`.
 
 pub mod bundle;
+pub mod spool;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,505 @@
+//! The daemon's durable spool: what must survive a `kill -9`.
+//!
+//! An append-only journal (`journal.pb`) of checksummed, length-delimited
+//! protobuf entries (schema: `proto/spool.proto`): tasks being traced,
+//! heartbeats, finished records (before anyone else sees them) and their
+//! delivery. After a crash the next daemon replays it: records not yet
+//! delivered are delivered (exactly once: the bundle's name and bytes are
+//! fixed, the write is an atomic rename), tasks that were open are known
+//! to have a gap, from the last heartbeat to the restart.
+//!
+//! A torn last entry (the crash hit mid-write) is cut off; an entry whose
+//! checksum does not match is skipped and counted. Both are reported.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, DirBuilder, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prost::Message;
+
+/// The generated types of `proto/spool.proto`.
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/roar_node.spool.v1.rs"));
+}
+
+use pb::entry::Kind;
+
+pub const FILE_NAME: &str = "journal.pb";
+const VERSION: u32 = 1;
+/// Larger frames are not ours: a corrupt length.
+const MAX_FRAME: u64 = 256 << 20;
+/// Rewrite the journal once it is this much larger than what is live.
+const COMPACT_SLACK: u64 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "spool {path} was written for node {found:?}, this is node {expected:?}: refusing to mix them"
+    )]
+    OtherNode {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+}
+
+/// What a previous daemon left.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Tasks it was tracing (their capture has a gap now).
+    pub open_tasks: Vec<pb::TaskOpened>,
+    /// Records it finished but did not deliver.
+    pub undelivered: Vec<pb::RecordReady>,
+    /// Its last sign of life (unix ns), if it left any.
+    pub last_alive_ns: Option<u64>,
+    /// The node rebooted since: cgroup ids of open tasks mean nothing.
+    pub rebooted: bool,
+    /// Entries skipped: checksum or decoding failed.
+    pub corrupt_entries: u64,
+    /// Bytes of a torn last entry, cut off.
+    pub torn_bytes: u64,
+}
+
+pub struct Spool {
+    path: PathBuf,
+    file: File,
+    node: String,
+    boot_id: String,
+    bytes: u64,
+    open: BTreeMap<String, pb::TaskOpened>,
+    undelivered: BTreeMap<String, pb::RecordReady>,
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    let h = blake3::hash(bytes);
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// One entry, framed and length-delimited, ready to append.
+fn frame(kind: Kind) -> Vec<u8> {
+    let entry = pb::Entry {
+        wall_ns: now_ns(),
+        kind: Some(kind),
+    }
+    .encode_to_vec();
+    pb::Frame {
+        checksum: checksum(&entry),
+        entry,
+    }
+    .encode_length_delimited_to_vec()
+}
+
+/// Decodes a journal. Returns the entries, the corrupt count and the
+/// length of the valid prefix (what follows is a torn entry).
+pub fn decode_journal(mut buf: &[u8]) -> (Vec<pb::Entry>, u64, usize) {
+    let total = buf.len();
+    let mut entries = Vec::new();
+    let mut corrupt = 0;
+    loop {
+        let before = buf.len();
+        if before == 0 {
+            return (entries, corrupt, total);
+        }
+        let mut peek = buf;
+        let len = match prost::encoding::decode_varint(&mut peek) {
+            Ok(n) if n <= MAX_FRAME && (n as usize) <= peek.len() => n as usize,
+            // A length that cannot be (torn, or garbage): the valid prefix
+            // ends here.
+            _ => return (entries, corrupt, total - before),
+        };
+        let body = &peek[..len];
+        buf = &peek[len..];
+        match pb::Frame::decode(body) {
+            Ok(f) if checksum(&f.entry) == f.checksum => match pb::Entry::decode(&*f.entry) {
+                Ok(e) => entries.push(e),
+                Err(_) => corrupt += 1,
+            },
+            _ => corrupt += 1,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Spool {
+    /// Opens (creating) the spool in `dir` (0700; the journal 0600),
+    /// replays what a previous daemon left, and rewrites the journal with
+    /// only what is still live. The open tasks it returns are still open
+    /// in the spool (with the gap added): close them with `record_ready`
+    /// or `task_closed`.
+    pub fn open(dir: &Path, node: &str) -> Result<(Self, Recovered), SpoolError> {
+        if !dir.is_dir() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir))?;
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        let path = dir.join(FILE_NAME);
+        let old = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let (entries, corrupt, valid) = decode_journal(&old);
+        let boot = boot_id();
+        let mut rec = Recovered {
+            corrupt_entries: corrupt,
+            torn_bytes: (old.len() - valid) as u64,
+            ..Recovered::default()
+        };
+        let mut open = BTreeMap::new();
+        let mut undelivered = BTreeMap::new();
+        let mut last_alive = None;
+        for e in entries {
+            last_alive = Some(e.wall_ns);
+            match e.kind {
+                Some(Kind::Header(h)) => {
+                    if !h.node.is_empty() && h.node != node {
+                        return Err(SpoolError::OtherNode {
+                            path,
+                            found: h.node,
+                            expected: node.into(),
+                        });
+                    }
+                    rec.rebooted |= !h.boot_id.is_empty() && h.boot_id != boot;
+                }
+                Some(Kind::TaskOpened(t)) => {
+                    open.insert(t.task_id.clone(), t);
+                }
+                Some(Kind::RecordReady(r)) => {
+                    open.remove(&r.task_id);
+                    undelivered.insert(r.bundle_file.clone(), r);
+                }
+                Some(Kind::RecordDelivered(d)) => {
+                    undelivered.remove(&d.bundle_file);
+                }
+                Some(Kind::TaskClosed(c)) => {
+                    open.remove(&c.task_id);
+                }
+                Some(Kind::Heartbeat(_)) | None => {}
+            }
+        }
+        rec.last_alive_ns = last_alive;
+        let now = now_ns();
+        for t in open.values_mut() {
+            t.gaps.push(pb::Gap {
+                from_ns: last_alive.unwrap_or(t.traced_since_ns),
+                to_ns: now,
+                why: "roar-node was not running (restarted)".into(),
+            });
+        }
+        rec.open_tasks = open.values().cloned().collect();
+        rec.undelivered = undelivered.values().cloned().collect();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut spool = Self {
+            path,
+            file,
+            node: node.into(),
+            boot_id: boot,
+            bytes: 0,
+            open,
+            undelivered,
+        };
+        spool.compact()?;
+        Ok((spool, rec))
+    }
+
+    /// Rewrites the journal with what is live (atomically: a new file
+    /// renamed over the old one).
+    pub fn compact(&mut self) -> Result<(), SpoolError> {
+        let mut buf = frame(Kind::Header(pb::Header {
+            version: VERSION,
+            node: self.node.clone(),
+            boot_id: self.boot_id.clone(),
+        }));
+        for t in self.open.values() {
+            buf.extend(frame(Kind::TaskOpened(t.clone())));
+        }
+        for r in self.undelivered.values() {
+            buf.extend(frame(Kind::RecordReady(r.clone())));
+        }
+        buf.extend(frame(Kind::Heartbeat(pb::Heartbeat {})));
+        let tmp = self.path.with_extension("pb.tmp");
+        let path = self.path.clone();
+        let write = || -> io::Result<File> {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            OpenOptions::new().append(true).open(&path)
+        };
+        self.file = write().map_err(io_err(&self.path))?;
+        self.bytes = buf.len() as u64;
+        Ok(())
+    }
+
+    fn append(&mut self, kind: Kind, durable: bool) -> Result<(), SpoolError> {
+        let buf = frame(kind);
+        // One write per entry (O_APPEND): a crash leaves at most one torn
+        // entry, at the end.
+        self.file.write_all(&buf).map_err(io_err(&self.path))?;
+        if durable {
+            self.file.sync_data().map_err(io_err(&self.path))?;
+        }
+        self.bytes += buf.len() as u64;
+        let live: u64 = self
+            .undelivered
+            .values()
+            .map(|r| r.bundle_json.len() as u64 + 128)
+            .sum::<u64>()
+            + self.open.len() as u64 * 512;
+        if self.bytes > live + COMPACT_SLACK {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// A task is traced: from now on a crash leaves a known gap.
+    pub fn task_opened(&mut self, t: pb::TaskOpened) -> Result<(), SpoolError> {
+        self.open.insert(t.task_id.clone(), t.clone());
+        self.append(Kind::TaskOpened(t), false)
+    }
+
+    /// The open task with this id (from this run or a previous one).
+    pub fn open_task(&self, task_id: &str) -> Option<&pb::TaskOpened> {
+        self.open.get(task_id)
+    }
+
+    pub fn open_tasks(&self) -> impl Iterator<Item = &pb::TaskOpened> {
+        self.open.values()
+    }
+
+    /// A task ends without a record.
+    pub fn task_closed(&mut self, task_id: &str) -> Result<(), SpoolError> {
+        if self.open.remove(task_id).is_none() {
+            return Ok(());
+        }
+        self.append(
+            Kind::TaskClosed(pb::TaskClosed {
+                task_id: task_id.into(),
+            }),
+            false,
+        )
+    }
+
+    /// A finished record, on disk (synced) before it is delivered.
+    pub fn record_ready(&mut self, r: pb::RecordReady) -> Result<(), SpoolError> {
+        self.open.remove(&r.task_id);
+        self.undelivered.insert(r.bundle_file.clone(), r.clone());
+        self.append(Kind::RecordReady(r), true)
+    }
+
+    /// The record is in its bundle file.
+    pub fn delivered(&mut self, bundle_file: &str) -> Result<(), SpoolError> {
+        if self.undelivered.remove(bundle_file).is_none() {
+            return Ok(());
+        }
+        self.append(
+            Kind::RecordDelivered(pb::RecordDelivered {
+                bundle_file: bundle_file.into(),
+            }),
+            false,
+        )
+    }
+
+    /// Records waiting for delivery.
+    pub fn undelivered(&self) -> Vec<pb::RecordReady> {
+        self.undelivered.values().cloned().collect()
+    }
+
+    pub fn undelivered_count(&self) -> usize {
+        self.undelivered.len()
+    }
+
+    pub fn heartbeat(&mut self) -> Result<(), SpoolError> {
+        self.append(Kind::Heartbeat(pb::Heartbeat {}), false)
+    }
+
+    /// The journal's size on disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str) -> pb::TaskOpened {
+        pb::TaskOpened {
+            task_id: id.into(),
+            cgroup_id: 7,
+            cgroup_path: "/kubepods/x".into(),
+            traced_since_ns: 1,
+            ..Default::default()
+        }
+    }
+
+    fn ready(id: &str, file: &str) -> pb::RecordReady {
+        pb::RecordReady {
+            task_id: id.into(),
+            bundle_file: file.into(),
+            bundle_json: b"{\"fragments\":[]}\n".to_vec(),
+        }
+    }
+
+    /// What a previous run left comes back: open tasks with a gap that
+    /// starts at its last heartbeat, undelivered records; delivered ones
+    /// and closed tasks do not.
+    #[test]
+    fn replay_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("spool");
+        {
+            let (mut s, rec) = Spool::open(&d, "n1").unwrap();
+            assert!(rec.open_tasks.is_empty() && rec.undelivered.is_empty());
+            s.task_opened(task("a")).unwrap();
+            s.task_opened(task("b")).unwrap();
+            s.task_opened(task("c")).unwrap();
+            s.record_ready(ready("b", "rb.json")).unwrap();
+            s.record_ready(ready("x", "rx.json")).unwrap();
+            s.delivered("rx.json").unwrap();
+            s.task_closed("c").unwrap();
+            s.heartbeat().unwrap();
+            // Dropped without any shutdown: as after kill -9.
+        }
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&d.join(FILE_NAME)), 0o600);
+        let (s, rec) = Spool::open(&d, "n1").unwrap();
+        let ids: Vec<_> = rec.open_tasks.iter().map(|t| t.task_id.as_str()).collect();
+        assert_eq!(ids, ["a"]);
+        let gap = &rec.open_tasks[0].gaps[0];
+        assert_eq!(Some(gap.from_ns), rec.last_alive_ns);
+        assert!(gap.to_ns >= gap.from_ns);
+        let files: Vec<_> = rec
+            .undelivered
+            .iter()
+            .map(|r| r.bundle_file.as_str())
+            .collect();
+        assert_eq!(files, ["rb.json"]);
+        assert_eq!((rec.corrupt_entries, rec.torn_bytes, rec.rebooted), (0, 0, false));
+        // Compacted: header, one task, one record, a heartbeat.
+        let (entries, _, _) = decode_journal(&fs::read(s.path()).unwrap());
+        assert_eq!(entries.len(), 4);
+        // A second restart adds a second gap to the same task.
+        drop(s);
+        let (_, rec) = Spool::open(&d, "n1").unwrap();
+        assert_eq!(rec.open_tasks[0].gaps.len(), 2);
+    }
+
+    /// A crash mid-write leaves a torn last entry: cut off, the rest kept.
+    /// A flipped byte inside an entry: that entry skipped and counted.
+    #[test]
+    fn torn_and_corrupt_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("spool");
+        let path = d.join(FILE_NAME);
+        {
+            let (mut s, _) = Spool::open(&d, "n1").unwrap();
+            s.record_ready(ready("a", "ra.json")).unwrap();
+            s.record_ready(ready("b", "rb.json")).unwrap();
+        }
+        let mut bytes = fs::read(&path).unwrap();
+        let whole = bytes.len();
+        // Flip a byte in the last record's payload (the last 10 bytes are
+        // its JSON), then append half of another entry.
+        bytes[whole - 5] ^= 0x55;
+        let extra = frame(Kind::RecordReady(ready("c", "rc.json")));
+        bytes.extend_from_slice(&extra[..extra.len() / 2]);
+        fs::write(&path, &bytes).unwrap();
+        let (_, rec) = Spool::open(&d, "n1").unwrap();
+        let files: Vec<_> = rec
+            .undelivered
+            .iter()
+            .map(|r| r.bundle_file.as_str())
+            .collect();
+        assert_eq!(files, ["ra.json"]);
+        assert_eq!(rec.corrupt_entries, 1);
+        assert_eq!(rec.torn_bytes, (extra.len() / 2) as u64);
+        // What was cut off is gone from the rewritten journal.
+        let (_, corrupt, valid) = decode_journal(&fs::read(&path).unwrap());
+        assert_eq!((corrupt, valid), (0, fs::read(&path).unwrap().len()));
+    }
+
+    #[test]
+    fn refuses_another_nodes_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Spool::open(dir.path(), "n1").unwrap());
+        let err = Spool::open(dir.path(), "n2").err().unwrap().to_string();
+        assert!(err.contains("\"n1\"") && err.contains("\"n2\""), "{err}");
+    }
+
+    #[test]
+    fn grows_then_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), "n1").unwrap();
+        let big = pb::RecordReady {
+            bundle_json: vec![b'x'; 1 << 20],
+            ..ready("t", "r.json")
+        };
+        for i in 0..20 {
+            s.record_ready(pb::RecordReady {
+                task_id: format!("t{i}"),
+                bundle_file: format!("r{i}.json"),
+                ..big.clone()
+            })
+            .unwrap();
+            s.delivered(&format!("r{i}.json")).unwrap();
+        }
+        assert!(s.bytes() < COMPACT_SLACK + (2 << 20), "{}", s.bytes());
+        assert_eq!(
+            fs::metadata(s.path()).unwrap().len(),
+            s.bytes(),
+            "size tracked"
+        );
+    }
+}
