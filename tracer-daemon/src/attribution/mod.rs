@@ -427,6 +427,42 @@ impl Attributor {
         }
     }
 
+    /// Traces a container cgroup before its pod is known: one a previous
+    /// roar-node was tracing (the spool says so), so that capture resumes
+    /// at start-up even while the API server is unreachable. It resolves
+    /// (or is dropped) when its pod is known.
+    pub fn resume(&mut self, id: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.container_cgroup(id).is_none() || self.states.contains_key(&id) {
+            return out;
+        }
+        out.push(Action::TraceContainer(id));
+        self.set_pending(id, true, &mut out);
+        out
+    }
+
+    /// A new policy. Pods it selects now are traced from here on; a pod
+    /// it no longer selects keeps its running containers traced to their
+    /// end (a record cut short would be worse), new ones are not.
+    pub fn set_policy(&mut self, policy: Policy) -> Vec<Action> {
+        self.policy = policy;
+        self.warned.clear();
+        let now_traced: Vec<PodInfo> = self
+            .pods
+            .live()
+            .filter(|p| matches!(self.policy.decide(p), Decision::Trace(_)))
+            .cloned()
+            .collect();
+        now_traced
+            .into_iter()
+            .flat_map(|p| self.on_pod(p))
+            .collect()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// The task on cgroup `id`, if it is traced.
     pub fn task(&self, id: u64) -> Option<&TaskMeta> {
         match self.states.get(&id) {

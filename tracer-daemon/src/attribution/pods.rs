@@ -310,6 +310,14 @@ impl PodIndex {
         self.pods.len()
     }
 
+    /// Pods not deleted.
+    pub fn live(&self) -> impl Iterator<Item = &PodInfo> {
+        self.pods
+            .values()
+            .filter(|e| e.deleted_at.is_none())
+            .map(|e| &e.pod)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pods.is_empty()
     }

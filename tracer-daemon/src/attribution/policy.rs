@@ -10,7 +10,7 @@
 //! `osmo-init`; for other pods every regular container (role `task`) and
 //! init container (role `init`). Ephemeral (debug) containers never.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, io::Read, path::Path};
 
 use super::pods::{ContainerKind, PodInfo};
 
@@ -168,6 +168,106 @@ impl Policy {
     }
 }
 
+/// Keys of the policy ConfigMap (one file each when it is mounted).
+pub const POLICY_KEYS: [&str; 3] = ["namespaces", "selectors", "presets"];
+/// A policy file larger than this is not a policy.
+const MAX_POLICY_FILE: u64 = 1 << 20;
+
+impl Policy {
+    /// From a mounted ConfigMap: a directory with one file per key
+    /// (`namespaces`, `selectors`, `presets`; the kubelet's `..data`
+    /// entries are skipped). Any other key, an unreadable, non-UTF-8 or
+    /// oversized file, a bad selector or an unknown preset is an error
+    /// that names it.
+    pub fn from_dir(dir: &Path) -> Result<Self, String> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("policy {}: {e}", dir.display()))?;
+        let mut values: BTreeMap<&str, String> = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("policy {}: {e}", dir.display()))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("..") {
+                continue;
+            }
+            let Some(key) = POLICY_KEYS.iter().find(|k| **k == name) else {
+                return Err(format!(
+                    "policy {}: unknown key {name:?} (known: {})",
+                    dir.display(),
+                    POLICY_KEYS.join(", ")
+                ));
+            };
+            let path = entry.path();
+            let read = || -> std::io::Result<Vec<u8>> {
+                let f = std::fs::File::open(&path)?;
+                let mut buf = Vec::new();
+                f.take(MAX_POLICY_FILE + 1).read_to_end(&mut buf)?;
+                Ok(buf)
+            };
+            let bytes = read().map_err(|e| format!("policy key {key}: {e}"))?;
+            if bytes.len() as u64 > MAX_POLICY_FILE {
+                return Err(format!(
+                    "policy key {key}: larger than {MAX_POLICY_FILE} bytes"
+                ));
+            }
+            let text =
+                String::from_utf8(bytes).map_err(|_| format!("policy key {key}: not UTF-8"))?;
+            values.insert(key, text);
+        }
+        let get = |k: &str| values.get(k).cloned().into_iter().collect::<Vec<_>>();
+        Self::from_settings(&get("namespaces"), &get("selectors"), &get("presets"))
+            .map_err(|e| format!("policy {}: {e}", dir.display()))
+    }
+
+    /// The policy in one line, for logs.
+    pub fn describe(&self) -> String {
+        let sels: Vec<&str> = self.selectors.iter().map(Selector::as_str).collect();
+        format!(
+            "annotation {ANNOTATION}=true; namespaces [{}]; selectors [{}]; osmo preset {}",
+            self.namespaces.join(","),
+            sels.join("; "),
+            if self.osmo { "on" } else { "off" }
+        )
+    }
+}
+
+/// A policy directory, re-read when its contents change (the kubelet
+/// updates a mounted ConfigMap in place, by swapping a symlink).
+pub struct PolicyDir {
+    dir: std::path::PathBuf,
+    seen: Option<blake3::Hash>,
+}
+
+impl PolicyDir {
+    pub fn new(dir: std::path::PathBuf) -> Self {
+        Self { dir, seen: None }
+    }
+
+    /// `None` when nothing changed since the last call; otherwise the new
+    /// policy or why it is invalid (the caller keeps the one in force).
+    pub fn poll(&mut self) -> Option<Result<Policy, String>> {
+        let mut h = blake3::Hasher::new();
+        let mut names: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        names.sort();
+        for n in names {
+            h.update(n.as_encoded_bytes());
+            h.update(&[0]);
+            if let Ok(b) = std::fs::read(self.dir.join(&n)) {
+                h.update(&(b.len() as u64).to_le_bytes());
+                h.update(&b);
+            }
+        }
+        let now = h.finalize();
+        if self.seen == Some(now) {
+            return None;
+        }
+        self.seen = Some(now);
+        Some(Policy::from_dir(&self.dir))
+    }
+}
+
 pub fn is_osmo(pod: &PodInfo) -> bool {
     pod.labels.contains_key(OSMO_TASK_LABEL)
 }
@@ -194,6 +294,82 @@ pub fn container_role(pod: &PodInfo, container: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mounted ConfigMap, as the kubelet lays it out: keys are symlinks
+    /// into `..data`, itself a symlink swapped on update. A valid update
+    /// is picked up; an invalid one is an error naming the problem, and
+    /// the caller keeps the policy it had.
+    #[test]
+    fn policy_dir_reload_and_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path();
+        let write = |generation: &str, kv: &[(&str, &str)]| {
+            let g = d.join(generation);
+            std::fs::create_dir(&g).unwrap();
+            for (k, v) in kv {
+                std::fs::write(g.join(k), v).unwrap();
+                let _ = std::fs::remove_file(d.join(k));
+                std::os::unix::fs::symlink(format!("..data/{k}"), d.join(k)).unwrap();
+            }
+            let tmp = d.join("..data_tmp");
+            std::os::unix::fs::symlink(generation, &tmp).unwrap();
+            std::fs::rename(&tmp, d.join("..data")).unwrap();
+        };
+        write(
+            "..g1",
+            &[
+                ("namespaces", "ml, train"),
+                ("presets", "osmo"),
+                ("selectors", ""),
+            ],
+        );
+        let mut pd = PolicyDir::new(d.to_path_buf());
+        let p = pd.poll().unwrap().unwrap();
+        assert_eq!(p.namespaces, ["ml", "train"]);
+        assert!(p.osmo);
+        assert!(pd.poll().is_none(), "unchanged");
+        write(
+            "..g2",
+            &[
+                ("namespaces", "ml"),
+                ("presets", "osmo"),
+                ("selectors", "team=a,!x="),
+            ],
+        );
+        let err = pd.poll().unwrap().unwrap_err();
+        assert!(
+            err.contains("bad label key") || err.contains("selector"),
+            "{err}"
+        );
+        write(
+            "..g3",
+            &[
+                ("namespaces", "ml"),
+                ("presets", "osmoo"),
+                ("selectors", "team=a"),
+            ],
+        );
+        let err = pd.poll().unwrap().unwrap_err();
+        assert!(err.contains("unknown policy preset \"osmoo\""), "{err}");
+        std::fs::write(d.join("namespace"), "typo").unwrap();
+        let err = pd.poll().unwrap().unwrap_err();
+        assert!(err.contains("unknown key \"namespace\""), "{err}");
+        std::fs::remove_file(d.join("namespace")).unwrap();
+        std::fs::write(d.join("..g3/namespaces"), [0xff, 0xfe]).unwrap();
+        let err = pd.poll().unwrap().unwrap_err();
+        assert!(err.contains("not UTF-8"), "{err}");
+        write(
+            "..g4",
+            &[
+                ("namespaces", "ml"),
+                ("presets", ""),
+                ("selectors", "team=a"),
+            ],
+        );
+        let p = pd.poll().unwrap().unwrap();
+        assert_eq!(p.selectors.len(), 1);
+        assert!(!p.osmo);
+    }
     use crate::attribution::pods::tests::OSMO_POD;
 
     fn osmo_pod() -> PodInfo {

@@ -11,8 +11,8 @@ use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -35,7 +35,7 @@ use crate::{
     attribution::{
         Action, Attributor, Route, TaskMeta, cgroup_path,
         pods::{PodInfo, RunState},
-        policy::{Policy, is_osmo},
+        policy::{Policy, PolicyDir, is_osmo},
     },
     engine::Engine,
     events::{Body, CgroupChange, reader::EventReader},
@@ -44,7 +44,10 @@ use crate::{
         BundleName, Clock, RecordBuilder, TaskIdentity, filters::FilterConfig, hashing::HashPool,
         job_uid, mountns::MountNs,
     },
-    sinks::{Sink, bundle::BundleDir},
+    sinks::{
+        bundle::{BundleDir, bundle_bytes},
+        spool::{Spool, pb},
+    },
     tasks::Task,
 };
 
@@ -71,6 +74,20 @@ pub struct DaemonArgs {
         env = "ROAR_NODE_FALLBACK_DIR"
     )]
     pub fallback_dir: PathBuf,
+    /// The durable spool: tasks being traced and records not yet
+    /// delivered survive a crash here (on the node's state volume).
+    #[arg(
+        long,
+        default_value = "/var/lib/roar-node/spool",
+        env = "ROAR_NODE_SPOOL_DIR"
+    )]
+    pub spool_dir: PathBuf,
+    /// The policy as a mounted ConfigMap (files `namespaces`, `selectors`,
+    /// `presets`), re-read when it changes; an invalid update is reported
+    /// and the policy in force is kept. Replaces --namespace, --selector
+    /// and --preset.
+    #[arg(long, env = "ROAR_NODE_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
     /// Counters (events, queues, unattributed), rewritten every second.
     #[arg(long, env = "ROAR_NODE_STATS_FILE")]
     pub stats_file: Option<PathBuf>,
@@ -203,6 +220,9 @@ struct Totals {
     unattributed_in_tasks: Arc<AtomicU64>,
     warnings: u64,
     watch_errors: u64,
+    policy_errors: u64,
+    policy_generation: u64,
+    spool_errors: u64,
 }
 
 /// What does not change while the daemon runs.
@@ -214,9 +234,113 @@ struct Ctx {
     status_wait: Duration,
     flags: u32,
     pool: Arc<HashPool>,
-    sink: Arc<dyn Sink>,
     fallback_dir: Arc<PathBuf>,
     filters: Arc<FilterConfig>,
+    delivery: Delivery,
+}
+
+/// Records go to the spool first, then to the bundle directory; those the
+/// directory refused (full, read-only) stay in the spool and are tried
+/// again.
+#[derive(Clone)]
+struct Delivery {
+    spool: Arc<Mutex<Spool>>,
+    sink: Arc<BundleDir>,
+    /// One retry pass at a time.
+    in_flight: Arc<AtomicBool>,
+    /// Records delivered by a retry (after a failure or a restart).
+    redelivered: Arc<AtomicU64>,
+    /// Failed attempts to write a bundle or the spool.
+    errors: Arc<AtomicU64>,
+}
+
+impl Delivery {
+    fn spool(&self) -> std::sync::MutexGuard<'_, Spool> {
+        // A panic while holding the lock leaves the spool's state as the
+        // journal has it: still usable.
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the record durable in the spool, then writes its bundle.
+    /// Returns the bundle's path, or why it is only in the spool (or, if
+    /// even the spool refused it, in the fallback directory).
+    fn deliver(
+        &self,
+        task_id: &str,
+        record: &crate::records::Record,
+        fallback_dir: &Path,
+    ) -> Result<PathBuf, String> {
+        let file = record.bundle.file_name();
+        let bytes = match bundle_bytes(record) {
+            Ok(b) => b,
+            Err(e) => return Err(format!("encoding the record: {e}")),
+        };
+        let ready = pb::RecordReady {
+            task_id: task_id.into(),
+            bundle_file: file.clone(),
+            bundle_json: bytes.clone(),
+        };
+        if let Err(e) = self.spool().record_ready(ready) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            // The spool's volume failed: the old way, bundle directory or
+            // fallback directory.
+            return crate::sinks::emit_or_keep(self.sink.as_ref(), fallback_dir, record)
+                .map_err(|d| format!("{e}; {d}"));
+        }
+        match self.sink.write_atomic(&file, &bytes) {
+            Ok(path) => {
+                if let Err(e) = self.spool().delivered(&file) {
+                    tracing::warn!(error = %e, "spool: cannot mark a record delivered (it may be written again, to the same file)");
+                }
+                Ok(path)
+            }
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(format!(
+                    "{e}: the record stays in the spool ({}) and is written when the bundle directory takes it",
+                    self.spool().path().display()
+                ))
+            }
+        }
+    }
+
+    /// Writes every record the spool holds undelivered (blocking).
+    fn deliver_undelivered(&self) {
+        for r in self.spool().undelivered() {
+            match self.sink.write_atomic(&r.bundle_file, &r.bundle_json) {
+                Ok(path) => {
+                    self.redelivered.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = self.spool().delivered(&r.bundle_file) {
+                        tracing::warn!(error = %e, "spool: cannot mark a record delivered");
+                    }
+                    tracing::info!(task = %r.task_id, path = %path.display(), "record delivered from the spool");
+                    eprintln!(
+                        "roar-node daemon: {}: delivered from the spool -> {}",
+                        r.task_id,
+                        path.display()
+                    );
+                }
+                Err(e) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(task = %r.task_id, error = %e, "record still undeliverable: kept in the spool");
+                    // The directory refuses; the rest would fail the same way.
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts a retry pass off the loop, unless one runs or none is due.
+    fn retry(&self) {
+        if self.spool().undelivered_count() == 0 || self.in_flight.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            me.deliver_undelivered();
+            me.in_flight.store(false, Ordering::Release);
+        });
+    }
 }
 
 /// Everything the loop changes.
@@ -227,26 +351,75 @@ struct State {
     attr: Attributor,
     active: HashMap<u64, Active>,
     totals: Totals,
+    /// Tasks a previous roar-node traced that ended while none ran.
+    orphans: Vec<pb::TaskOpened>,
+    policy_dir: Option<PolicyDir>,
+    /// Whether the API server answered since start-up.
+    api_reachable: bool,
+    /// Whether the pod watch's last word was not an error.
+    watch_healthy: bool,
 }
 
 pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
-    let policy = Policy::from_settings(&args.namespaces, &args.selectors, &args.presets)
-        .map_err(anyhow::Error::msg)
-        .context("policy")?;
+    let mut policy_dir = args.policy_dir.clone().map(PolicyDir::new);
+    let policy = match policy_dir.as_mut().and_then(PolicyDir::poll) {
+        Some(p) => p.map_err(anyhow::Error::msg)?,
+        None => Policy::from_settings(&args.namespaces, &args.selectors, &args.presets)
+            .map_err(anyhow::Error::msg)
+            .context("policy")?,
+    };
+    tracing::info!(policy = %policy.describe(), "policy");
     let cgroot = cgroup_path::resolve_host_cgroup2_root(&args.host_cgroup)?;
-    let sink: Arc<dyn Sink> =
-        Arc::new(BundleDir::new(&args.bundle_dir).context("bundle directory")?);
+    let sink = Arc::new(BundleDir::new(&args.bundle_dir).context("bundle directory")?);
+    // Before anything is traced: what a previous roar-node left.
+    let (spool, recovered) =
+        Spool::open(&args.spool_dir, &args.node_name).context("opening the spool")?;
+    if recovered.corrupt_entries > 0 || recovered.torn_bytes > 0 {
+        tracing::error!(
+            corrupt_entries = recovered.corrupt_entries,
+            torn_bytes = recovered.torn_bytes,
+            spool = %spool.path().display(),
+            "the spool had damaged entries: skipped (a torn last entry is a crash mid-write)"
+        );
+    }
+    tracing::info!(
+        undelivered = recovered.undelivered.len(),
+        open_tasks = recovered.open_tasks.len(),
+        rebooted = recovered.rebooted,
+        "spool replayed"
+    );
+    let spool = Arc::new(Mutex::new(spool));
+    let delivery = Delivery {
+        spool: spool.clone(),
+        sink: sink.clone(),
+        in_flight: Arc::new(AtomicBool::new(false)),
+        redelivered: Arc::new(AtomicU64::new(0)),
+        errors: Arc::new(AtomicU64::new(0)),
+    };
+    delivery.deliver_undelivered();
     let client = kube_client(args.kubeconfig.as_deref()).await?;
-    // Fail early and clearly when the API server is unreachable or
-    // forbids listing pods.
+    // Say early and clearly when the API server is unreachable or forbids
+    // listing pods; keep going: capture continues (tasks the spool names
+    // are traced again at once) and attribution catches up when the
+    // watch gets through.
     let api: Api<Pod> = Api::all(client.clone());
-    api.list(
-        &kube::api::ListParams::default()
-            .fields(&format!("spec.nodeName={}", args.node_name))
-            .limit(1),
-    )
-    .await
-    .context("listing pods on this node (RBAC: pods get/list/watch)")?;
+    let api_reachable = match api
+        .list(
+            &kube::api::ListParams::default()
+                .fields(&format!("spec.nodeName={}", args.node_name))
+                .limit(1),
+        )
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list pods on this node (API server down? RBAC: pods get/list/watch): capturing anyway, attribution catches up when it answers");
+            eprintln!(
+                "roar-node daemon: cannot list pods on this node: {e}; capture continues, attribution catches up when the API server answers"
+            );
+            false
+        }
+    };
 
     let opts = ProbeOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
@@ -284,6 +457,25 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         root = %cgroot.display(),
         "walked the host cgroup2 tree"
     );
+    // Tasks a previous roar-node was tracing: trace the ones still
+    // running again now, before any pod is known; the others ended while
+    // no roar-node ran, and get their record (with the gap) once their
+    // pods are known.
+    let mut resume_acts = Vec::new();
+    let mut orphans = Vec::new();
+    for t in recovered.open_tasks {
+        let acts = if recovered.rebooted {
+            Vec::new()
+        } else {
+            attr.resume(t.cgroup_id)
+        };
+        if acts.is_empty() {
+            orphans.push(t);
+        } else {
+            tracing::info!(task = %t.task_id, cgroup = t.cgroup_id, "resuming a task a previous roar-node traced");
+            resume_acts.extend(acts);
+        }
+    }
 
     let (tx, mut pod_rx) = mpsc::channel(1024);
     spawn_pod_watch(client, args.node_name.clone(), tx);
@@ -306,17 +498,23 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
                 0
             },
             pool,
-            sink,
             fallback_dir: Arc::new(args.fallback_dir.clone()),
             filters: Arc::new(FilterConfig::default()),
+            delivery,
         },
         probes,
         engine,
         attr,
         active: HashMap::new(),
         totals: Totals::default(),
+        orphans,
+        policy_dir,
+        api_reachable,
+        watch_healthy: api_reachable,
     };
+    st.execute(resume_acts);
     let mut listed_once = false;
+    let started = Instant::now();
     eprintln!(
         "roar-node daemon: node {}, cgroup2 root {}, bundles in {}",
         args.node_name,
@@ -330,6 +528,11 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             msg = pod_rx.recv() => {
                 let Some(msg) = msg else { bail!("the pod watch ended") };
                 let now = Instant::now();
+                if !matches!(msg, PodEvent::Error(_)) && !st.watch_healthy {
+                    st.watch_healthy = true;
+                    st.api_reachable = true;
+                    tracing::info!("the pod watch gets through again");
+                }
                 let acts = match msg {
                     PodEvent::Apply(p) => st.attr.on_pod(p),
                     PodEvent::Delete(uid) => st.attr.on_pod_deleted(&uid, now),
@@ -346,11 +549,17 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
                     }
                     PodEvent::Error(e) => {
                         st.totals.watch_errors += 1;
-                        tracing::warn!(error = %e, "pod watch error (retrying)");
+                        if st.watch_healthy {
+                            tracing::warn!(error = %e, "pod watch error (retrying; capture continues)");
+                        }
+                        st.watch_healthy = false;
                         Vec::new()
                     }
                 };
                 st.execute(acts);
+                if listed_once {
+                    st.write_orphans();
+                }
             }
             _ = tick.tick() => {
                 // Drain first: a task ends only after its events are in.
@@ -364,6 +573,15 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
                 });
             }
             _ = stats_tick.tick() => {
+                st.spool_op("heartbeat", |s| s.heartbeat());
+                st.reload_policy();
+                st.ctx.delivery.retry();
+                // Pods never listed (API server down since start): the
+                // tasks that ended while no roar-node ran get their
+                // record without pod details rather than never.
+                if !listed_once && started.elapsed() > Duration::from_secs(args.status_wait_secs * 4) {
+                    st.write_orphans();
+                }
                 if let Some(p) = &args.stats_file {
                     st.write_stats(p);
                 }
@@ -413,6 +631,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The gap of the tasks left running starts here.
+    st.spool_op("heartbeat", |s| s.heartbeat());
     if let Some(p) = &args.stats_file {
         st.write_stats(p);
     }
@@ -426,6 +646,88 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
 }
 
 impl State {
+    /// A spool write the daemon can live without for a moment (heartbeat,
+    /// task opened): counted and logged, never fatal.
+    fn spool_op(
+        &mut self,
+        what: &str,
+        op: impl FnOnce(&mut Spool) -> Result<(), crate::sinks::spool::SpoolError>,
+    ) {
+        if let Err(e) = op(&mut self.ctx.delivery.spool()) {
+            self.totals.spool_errors += 1;
+            tracing::error!(error = %e, "spool: {what} failed");
+        }
+    }
+
+    /// Re-reads the policy ConfigMap if it changed. An invalid one is
+    /// reported (log, counter, stats) and the policy in force is kept.
+    fn reload_policy(&mut self) {
+        let Some(result) = self.policy_dir.as_mut().and_then(PolicyDir::poll) else {
+            return;
+        };
+        match result {
+            Ok(policy) => {
+                self.totals.policy_generation += 1;
+                tracing::info!(policy = %policy.describe(), generation = self.totals.policy_generation, "policy updated");
+                eprintln!("roar-node daemon: policy updated: {}", policy.describe());
+                let acts = self.attr.set_policy(policy);
+                self.execute(acts);
+            }
+            Err(e) => {
+                self.totals.policy_errors += 1;
+                tracing::error!(error = %e, kept = %self.attr.policy().describe(), "invalid policy: keeping the one in force");
+                eprintln!(
+                    "roar-node daemon: invalid policy ({e}); keeping the one in force: {}",
+                    self.attr.policy().describe()
+                );
+            }
+        }
+    }
+
+    /// Records for tasks a previous roar-node traced that ended while no
+    /// roar-node ran: what is known of them (who, and the gap), marked
+    /// partial. Their events were in the previous daemon's memory.
+    fn write_orphans(&mut self) {
+        for (i, t) in std::mem::take(&mut self.orphans).into_iter().enumerate() {
+            // Its cgroup is gone: a key no live cgroup can have.
+            let key = u64::MAX - i as u64;
+            self.engine.register(key, None);
+            let meta = TaskMeta {
+                cgroup_id: t.cgroup_id,
+                cgroup_path: t.cgroup_path.clone(),
+                pod_uid: t.pod_uid.clone(),
+                container: t.container.clone(),
+                container_id: t.container_id.clone(),
+                restart_count: t.restart_count,
+                role: match t.role.as_str() {
+                    "user" => "user",
+                    "osmo-ctrl" => "osmo-ctrl",
+                    "init" => "init",
+                    _ => "task",
+                },
+                reason: t.reason.clone(),
+                started_before_agent: t.started_before_agent,
+            };
+            let Some(tx) = self.close(
+                key,
+                Some("the container ended while no roar-node was running: its processes and files were not captured".into()),
+            ) else {
+                continue;
+            };
+            let code = match self.attr.run_state(&meta) {
+                Some(RunState::Terminated { exit_code }) => Some(exit_code),
+                _ => None,
+            };
+            let pod = self.attr.pods.get(&meta.pod_uid).cloned().map(Box::new);
+            tracing::info!(task = %t.task_id, "writing the record of a task that ended while roar-node was down");
+            let _ = tx.send(Final::Write {
+                meta,
+                pod,
+                exit_code: code,
+            });
+        }
+    }
+
     fn unattributed(&self) -> u64 {
         self.attr.stats.unattributed + self.totals.unattributed_in_tasks.load(Ordering::Relaxed)
     }
@@ -537,6 +839,26 @@ impl State {
                     }
                     tracing::info!(task = %meta.task_id(), role = meta.role, cgroup = id, "task resolved");
                     self.totals.tasks_started += 1;
+                    // A task resumed after a restart keeps its entry (and
+                    // its gaps).
+                    let task_id = meta.task_id();
+                    if self.ctx.delivery.spool().open_task(&task_id).is_none() {
+                        let opened = pb::TaskOpened {
+                            task_id,
+                            cgroup_id: id,
+                            cgroup_path: meta.cgroup_path.clone(),
+                            pod_uid: meta.pod_uid.clone(),
+                            container: meta.container.clone(),
+                            container_id: meta.container_id.clone(),
+                            restart_count: meta.restart_count,
+                            role: meta.role.into(),
+                            reason: meta.reason.clone(),
+                            started_before_agent: meta.started_before_agent,
+                            traced_since_ns: crate::sinks::spool::now_ns(),
+                            gaps: Vec::new(),
+                        };
+                        self.spool_op("task opened", |s| s.task_opened(opened));
+                    }
                     if let Some(a) = self.active.get_mut(&id) {
                         a.meta = Some(meta);
                     }
@@ -570,6 +892,10 @@ impl State {
     /// resolved; its record, if being built, is not written.
     fn discard(&mut self, a: Active, unattributed: bool) {
         self.totals.tasks_discarded += 1;
+        if let Some(m) = &a.meta {
+            let task_id = m.task_id();
+            self.spool_op("task closed", |s| s.task_closed(&task_id));
+        }
         if let Some(tx) = a.closing {
             let _ = tx.send(Final::Discard { unattributed });
         }
@@ -677,7 +1003,7 @@ impl State {
         let (tx, rx) = oneshot::channel::<Final>();
         let pool = self.ctx.pool.clone();
         let filters = self.ctx.filters.clone();
-        let sink = self.ctx.sink.clone();
+        let delivery = self.ctx.delivery.clone();
         let fallback_dir = self.ctx.fallback_dir.clone();
         let node = self.ctx.node.clone();
         let written = self.totals.records_written.clone();
@@ -710,6 +1036,12 @@ impl State {
                     return;
                 }
             };
+            let task_id = meta.task_id();
+            let gaps = delivery
+                .spool()
+                .open_task(&task_id)
+                .map(|t| t.gaps.clone())
+                .unwrap_or_default();
             identify(
                 &mut record,
                 &meta,
@@ -718,9 +1050,9 @@ impl State {
                 &node,
                 first_ns,
                 partial,
+                &gaps,
             );
-            let task_id = meta.task_id();
-            match crate::sinks::emit_or_keep(sink.as_ref(), &fallback_dir, &record) {
+            match delivery.deliver(&task_id, &record, &fallback_dir) {
                 Ok(path) => {
                     written.fetch_add(1, Ordering::Relaxed);
                     let s = &record.summary;
@@ -768,8 +1100,23 @@ impl State {
                 "records_pending": self.totals.records_pending.load(Ordering::Relaxed),
                 "record_errors": self.totals.record_errors.load(Ordering::Relaxed),
             },
+            "spool": {
+                "undelivered": self.ctx.delivery.spool().undelivered_count(),
+                "open_tasks": self.ctx.delivery.spool().open_tasks().count(),
+                "bytes": self.ctx.delivery.spool().bytes(),
+                "errors": self.totals.spool_errors,
+                "redelivered": self.ctx.delivery.redelivered.load(Ordering::Relaxed),
+                "delivery_errors": self.ctx.delivery.errors.load(Ordering::Relaxed),
+            },
             "pods_known": self.attr.pods.len(),
             "policy_warnings": self.totals.warnings,
+            "policy": {
+                "in_force": self.attr.policy().describe(),
+                "generation": self.totals.policy_generation,
+                "errors": self.totals.policy_errors,
+            },
+            "api_reachable": self.api_reachable,
+            "watch_healthy": self.watch_healthy,
             "watch_errors": self.totals.watch_errors,
             "kernel_counters": kernel_counters(&self.probes.stats.read()),
         });
@@ -796,6 +1143,7 @@ enum Final {
 }
 
 /// Fills in who the task was, once known.
+#[allow(clippy::too_many_arguments)]
 fn identify(
     record: &mut crate::records::Record,
     meta: &TaskMeta,
@@ -804,6 +1152,7 @@ fn identify(
     node: &str,
     first_ns: u64,
     partial: Option<String>,
+    gaps: &[pb::Gap],
 ) {
     let f = &mut record.fragment;
     let osmo = pod.is_some_and(is_osmo);
@@ -859,17 +1208,31 @@ fn identify(
         (None, None) => "kernel (pod gone)",
     };
     md.insert("exit_code_source".into(), json!(source));
-    let partial = partial.or_else(|| {
-        meta.started_before_agent.then(|| {
-            "the container was running before roar-node traced it: earlier processes and files are missing"
-                .to_string()
+    let partial = partial
+        .or_else(|| {
+            gaps.last().map(|_| {
+                "roar-node restarted while the task ran: events in the gaps are missing".to_string()
+            })
         })
-    });
+        .or_else(|| {
+            meta.started_before_agent.then(|| {
+                "the container was running before roar-node traced it: earlier processes and files are missing"
+                    .to_string()
+            })
+        });
     if let Some(why) = partial
         && let Some(Value::Object(cap)) = md.get_mut("capture")
     {
         cap.insert("partial".into(), json!(true));
         cap.insert("partial_reason".into(), json!(why));
+        if !gaps.is_empty() {
+            let secs = |ns: u64| ns as f64 / 1e9;
+            let gaps: Vec<Value> = gaps
+                .iter()
+                .map(|g| json!({"from": secs(g.from_ns), "to": secs(g.to_ns), "why": g.why}))
+                .collect();
+            cap.insert("gaps".into(), Value::Array(gaps));
+        }
     }
     record.bundle = BundleName {
         pod: pod_name,

@@ -213,10 +213,22 @@ impl Spool {
         rec.last_alive_ns = last_alive;
         let now = now_ns();
         for t in open.values_mut() {
+            // What the previous daemon captured of the task lived in its
+            // memory: the gap starts where its capture began, not where
+            // it died.
+            let from_ns = t.gaps.last().map_or(t.traced_since_ns, |g| g.to_ns);
+            let down = last_alive.map_or_else(String::new, |ns| {
+                format!(
+                    " (its last sign of life: {} s before the restart)",
+                    now.saturating_sub(ns) / 1_000_000_000
+                )
+            });
             t.gaps.push(pb::Gap {
-                from_ns: last_alive.unwrap_or(t.traced_since_ns),
+                from_ns,
                 to_ns: now,
-                why: "roar-node was not running (restarted)".into(),
+                why: format!(
+                    "roar-node restarted{down}: what it had captured of this task since from_ns was in its memory"
+                ),
             });
         }
         rec.open_tasks = open.values().cloned().collect();
@@ -418,22 +430,27 @@ mod tests {
         let ids: Vec<_> = rec.open_tasks.iter().map(|t| t.task_id.as_str()).collect();
         assert_eq!(ids, ["a"]);
         let gap = &rec.open_tasks[0].gaps[0];
-        assert_eq!(Some(gap.from_ns), rec.last_alive_ns);
-        assert!(gap.to_ns >= gap.from_ns);
+        assert_eq!(gap.from_ns, 1, "from the start of the capture");
+        assert!(gap.to_ns >= rec.last_alive_ns.unwrap());
         let files: Vec<_> = rec
             .undelivered
             .iter()
             .map(|r| r.bundle_file.as_str())
             .collect();
         assert_eq!(files, ["rb.json"]);
-        assert_eq!((rec.corrupt_entries, rec.torn_bytes, rec.rebooted), (0, 0, false));
+        assert_eq!(
+            (rec.corrupt_entries, rec.torn_bytes, rec.rebooted),
+            (0, 0, false)
+        );
         // Compacted: header, one task, one record, a heartbeat.
         let (entries, _, _) = decode_journal(&fs::read(s.path()).unwrap());
         assert_eq!(entries.len(), 4);
         // A second restart adds a second gap to the same task.
         drop(s);
-        let (_, rec) = Spool::open(&d, "n1").unwrap();
-        assert_eq!(rec.open_tasks[0].gaps.len(), 2);
+        let (_, rec2) = Spool::open(&d, "n1").unwrap();
+        let gaps = &rec2.open_tasks[0].gaps;
+        assert_eq!(gaps.len(), 2);
+        assert_eq!(gaps[1].from_ns, gaps[0].to_ns, "contiguous");
     }
 
     /// A crash mid-write leaves a torn last entry: cut off, the rest kept.
