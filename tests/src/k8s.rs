@@ -14,6 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::{collections::BTreeMap, fs};
+
 use serde_json::{Value, json};
 
 /// The image with busybox and the osmo_exec stand-in.
@@ -251,4 +253,64 @@ pub fn exit_code(pod: &Value, container: &str) -> Option<i64> {
         .iter()
         .find(|c| c["name"] == container)?["state"]["terminated"]["exitCode"]
         .as_i64()
+}
+
+/// Whether the cluster tests run (they need the local cluster with
+/// roar-node deployed: `cargo xtask e2e-k8s`, or `cargo xtask test`).
+pub fn enabled() -> bool {
+    if std::env::var("ROAR_NODE_K8S").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("skipped: set ROAR_NODE_K8S=1 (cargo xtask e2e-k8s) to run on the local cluster");
+    false
+}
+
+pub fn kubeconfig() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/k8s-local/kubeconfig"))
+}
+
+/// The daemon's hostPath (single-node cluster: this machine).
+pub fn node_state() -> PathBuf {
+    std::env::var_os("ROAR_NODE_K8S_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/roar-node"))
+}
+
+pub fn stats() -> Value {
+    let p = node_state().join("stats.json");
+    serde_json::from_slice(&fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+/// Every bundle on the node, by file name.
+pub fn bundles() -> BTreeMap<String, Value> {
+    let dir = node_state().join("bundles");
+    let mut m = BTreeMap::new();
+    for e in fs::read_dir(&dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("roar-fragments-") && name.ends_with(".json") {
+            let v: Value = serde_json::from_slice(&fs::read(e.path()).unwrap()).unwrap();
+            m.insert(name, v);
+        }
+    }
+    m
+}
+
+/// The fragments of one pod, by container name.
+pub fn records_of(all: &BTreeMap<String, Value>, uid: &str) -> Vec<(String, Value)> {
+    let mut v = Vec::new();
+    for (name, b) in all {
+        for f in b["fragments"].as_array().unwrap() {
+            if f["backend_metadata"]["pod"]["uid"] == uid {
+                v.push((name.clone(), f.clone()));
+            }
+        }
+    }
+    v
+}
+
+pub fn uid_of(pod: &Value) -> String {
+    pod["metadata"]["uid"].as_str().unwrap().to_string()
 }

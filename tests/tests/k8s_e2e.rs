@@ -18,64 +18,6 @@ use std::{
 use roar_node_tests::{k8s::*, *};
 use serde_json::{Value, json};
 
-fn enabled() -> bool {
-    if std::env::var("ROAR_NODE_K8S").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipped: set ROAR_NODE_K8S=1 (cargo xtask e2e-k8s) to run on the local cluster");
-    false
-}
-
-fn kubeconfig() -> PathBuf {
-    std::env::var_os("KUBECONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/k8s-local/kubeconfig"))
-}
-
-/// The daemon's hostPath (single-node cluster: this machine).
-fn node_state() -> PathBuf {
-    std::env::var_os("ROAR_NODE_K8S_STATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/roar-node"))
-}
-
-fn stats() -> Value {
-    let p = node_state().join("stats.json");
-    serde_json::from_slice(&fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .unwrap()
-}
-
-/// Every bundle on the node, by file name.
-fn bundles() -> BTreeMap<String, Value> {
-    let dir = node_state().join("bundles");
-    let mut m = BTreeMap::new();
-    for e in fs::read_dir(&dir).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("roar-fragments-") && name.ends_with(".json") {
-            let v: Value = serde_json::from_slice(&fs::read(e.path()).unwrap()).unwrap();
-            m.insert(name, v);
-        }
-    }
-    m
-}
-
-/// The fragments of one pod, by container name.
-fn records_of(all: &BTreeMap<String, Value>, uid: &str) -> Vec<(String, Value)> {
-    let mut v = Vec::new();
-    for (name, b) in all {
-        for f in b["fragments"].as_array().unwrap() {
-            if f["backend_metadata"]["pod"]["uid"] == uid {
-                v.push((name.clone(), f.clone()));
-            }
-        }
-    }
-    v
-}
-
-fn uid_of(pod: &Value) -> String {
-    pod["metadata"]["uid"].as_str().unwrap().to_string()
-}
-
 fn find<'a>(recs: &'a [(String, Value)], container: &str) -> &'a Value {
     let m: Vec<_> = recs
         .iter()

@@ -28,8 +28,8 @@ pub struct Args {
 }
 
 /// `cargo test --release` with the binary, roar-cli, and (for the cluster
-/// test) the cluster's kubeconfig. `only`: one test target.
-fn cargo_test(args: &Args, k8s: bool, only: Option<&str>) -> anyhow::Result<()> {
+/// test) the cluster's kubeconfig. `only`: these test targets.
+fn cargo_test(args: &Args, k8s: bool, only: &[&str]) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load eBPF programs and make cgroups: run them as root");
     }
@@ -41,10 +41,14 @@ fn cargo_test(args: &Args, k8s: bool, only: Option<&str>) -> anyhow::Result<()> 
         .env("ROAR_VENV", &venv)
         .arg("test")
         .arg("--release");
-    match only {
-        Some(t) => cmd.args(["-p", "roar-node-tests", "--test", t]),
-        None => cmd.arg("--workspace"),
-    };
+    if only.is_empty() {
+        cmd.arg("--workspace");
+    } else {
+        cmd.args(["-p", "roar-node-tests"]);
+        for t in only {
+            cmd.args(["--test", t]);
+        }
+    }
     if k8s {
         cmd.env("ROAR_NODE_K8S", "1")
             .env("KUBECONFIG", crate::cluster::kubeconfig());
@@ -58,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if k8s {
         crate::cluster::prepare_e2e()?;
     }
-    let tested = cargo_test(&args, k8s, None);
+    let tested = cargo_test(&args, k8s, &[]);
     if started_cluster && !args.keep_cluster {
         // It costs CPU (benchmarks would feel it); CI machines are thrown
         // away anyway.
@@ -77,11 +81,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cluster end-to-end test alone (the cluster is left running).
+/// The cluster tests alone (the cluster is left running).
 pub fn run_k8s(args: Args) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the cluster test runs a local Kubernetes cluster: run it as root");
     }
     crate::cluster::prepare_e2e()?;
-    cargo_test(&args, true, Some("k8s_e2e"))
+    cargo_test(&args, true, &["k8s_e2e", "k8s_resilience"])
 }

@@ -1,0 +1,324 @@
+//! The daemon under failure, on the real local cluster: `kill -9` while
+//! tasks run and a record waits in the spool (bundle directory read-only),
+//! then the API server down mid-run and at the daemon's start. No record
+//! may be lost or written twice; interrupted tasks are marked partial with
+//! their gap; capture continues while the API server is down.
+//!
+//! Runs only with `ROAR_NODE_K8S=1` (like k8s_e2e; cargo runs test
+//! binaries one after the other, so the two never overlap).
+
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use roar_node_tests::{k8s::*, *};
+use serde_json::{Value, json};
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The roar-node daemon's host PID.
+fn daemon_pid() -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = fs::read(e.path().join("cmdline")).ok()?;
+        (cmd == b"/roar-node\0daemon\0").then_some(pid)
+    })
+}
+
+fn kill9(pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// A new daemon process, and it has written its stats since `after`.
+fn wait_new_daemon(old: u32, after: f64) {
+    wait_until(
+        "the kubelet restarts roar-node",
+        Duration::from_secs(90),
+        || {
+            daemon_pid().is_some_and(|p| p != old)
+                && std::panic::catch_unwind(stats)
+                    .ok()
+                    .and_then(|s| s["time"].as_f64())
+                    .is_some_and(|t| t > after)
+        },
+    );
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// An opted-in pod that writes `<name>.before`, waits for the file
+/// `<name>.go` in the shared directory, then writes `<name>.after`.
+fn gated_pod(ns: &str, name: &str, shared: &Path) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns,
+                     "annotations": {"roar-node/trace": "true"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "main",
+                "image": OSMO_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", format!(
+                    "echo before > /gate/{name}.before; \
+                     while [ ! -e /gate/{name}.go ]; do sleep 0.2; done; \
+                     echo after > /gate/{name}.after")],
+                "volumeMounts": [{"name": "gate", "mountPath": "/gate"}],
+            }],
+            "volumes": [{"name": "gate", "hostPath": {"path": shared, "type": "Directory"}}],
+        },
+    })
+}
+
+fn wait_running(kc: &Path, ns: &str, name: &str) -> Value {
+    let mut pod = Value::Null;
+    wait_until(
+        &format!("pod {name} running"),
+        Duration::from_secs(90),
+        || {
+            pod = get_pod(kc, ns, name).unwrap_or(Value::Null);
+            pod["status"]["phase"] == "Running"
+        },
+    );
+    pod
+}
+
+/// The daemon traces the pod's container (its task is in the spool).
+fn wait_traced(uid: &str) {
+    let spool = node_state().join("spool/journal.pb");
+    wait_until(
+        &format!("pod {uid} traced (in the spool)"),
+        Duration::from_secs(60),
+        || fs::read(&spool).is_ok_and(|b| b.windows(uid.len()).any(|w| w == uid.as_bytes())),
+    );
+}
+
+fn one_record(uid: &str, timeout: Duration) -> Value {
+    let mut all = bundles();
+    wait_until(&format!("a record for pod {uid}"), timeout, || {
+        all = bundles();
+        !records_of(&all, uid).is_empty()
+    });
+    // Let a duplicate, if one were coming, come.
+    std::thread::sleep(Duration::from_secs(2));
+    let recs = records_of(&bundles(), uid);
+    assert_eq!(recs.len(), 1, "exactly one record for {uid}: {recs:#?}");
+    recs[0].1.clone()
+}
+
+fn write_hash(rec: &Value, path: &str) -> Option<String> {
+    rec["writes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["path"] == path)
+        .and_then(|a| a["hash"].as_str().map(String::from))
+}
+
+/// The local cluster's API server, stopped and started again with the
+/// same command line (as `deploy/k8s-local/up.sh` started it).
+struct ApiServer {
+    state: PathBuf,
+    argv: Vec<String>,
+}
+
+impl ApiServer {
+    fn stop() -> Self {
+        let state = PathBuf::from(
+            std::env::var("K8S_LOCAL_STATE").unwrap_or_else(|_| "/var/tmp/k8s-local".into()),
+        );
+        let pid = fs::read_to_string(state.join("run/apiserver.pid"))
+            .expect("the local cluster's apiserver.pid")
+            .trim()
+            .to_string();
+        let argv: Vec<String> = fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert!(argv[0].ends_with("kube-apiserver"), "{argv:?}");
+        Command::new("kill").arg(&pid).status().unwrap();
+        wait_until("the API server stops", Duration::from_secs(30), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || fs::read_to_string(format!("/proc/{pid}/status"))
+                    .is_ok_and(|s| s.contains("State:\tZ"))
+        });
+        Self { state, argv }
+    }
+
+    fn start(self) {
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.state.join("logs/apiserver.log"))
+            .unwrap();
+        let child = unsafe {
+            Command::new(&self.argv[0])
+                .args(&self.argv[1..])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                })
+                .spawn()
+                .unwrap()
+        };
+        fs::write(self.state.join("run/apiserver.pid"), child.id().to_string()).unwrap();
+        let kc = kubeconfig();
+        wait_until("the API server answers", Duration::from_secs(90), || {
+            kubectl(&kc)
+                .args(["get", "--raw", "/readyz"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    }
+}
+
+#[test]
+fn kill_restart_and_api_server_outage() {
+    if !enabled() {
+        return;
+    }
+    let kc = kubeconfig();
+    let run = &blake3_bytes(format!("{:?}{}", Instant::now(), std::process::id()).as_bytes())[..8];
+    let ns = format!("roar-res-{run}");
+    let shared = PathBuf::from(format!("/var/tmp/roar-node-e2e/res-{run}"));
+    fs::create_dir_all(&shared).unwrap();
+    create_namespace(&kc, &ns);
+    let bundle_dir = node_state().join("bundles");
+
+    // 1. kill -9 with a task running, another about to end, and a
+    // finished record the bundle directory refuses (read-only to the
+    // daemon, which has no CAP_DAC_OVERRIDE).
+    for name in ["long", "ends"] {
+        create(&kc, &gated_pod(&ns, name, &shared));
+    }
+    let long_uid = uid_of(&wait_running(&kc, &ns, "long"));
+    let ends_uid = uid_of(&wait_running(&kc, &ns, "ends"));
+    wait_traced(&long_uid);
+    wait_traced(&ends_uid);
+    fs::set_permissions(&bundle_dir, fs::Permissions::from_mode(0o500)).unwrap();
+    let quick = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "quick", "namespace": ns,
+                     "annotations": {"roar-node/trace": "true"}},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": OSMO_IMAGE, "imagePullPolicy": "Never",
+                                 "command": ["/bin/sh", "-c", "echo quick > /tmp/q.txt"]}]},
+    });
+    create(&kc, &quick);
+    let quick_uid = uid_of(&wait_pod_done(&kc, &ns, "quick", Duration::from_secs(90)));
+    wait_until(
+        "the refused record waits in the spool, the error surfaced",
+        Duration::from_secs(60),
+        || {
+            let s = stats();
+            s["spool"]["undelivered"].as_u64() >= Some(1)
+                && s["spool"]["delivery_errors"].as_u64() >= Some(1)
+        },
+    );
+    assert!(records_of(&bundles(), &quick_uid).is_empty());
+    let old = daemon_pid().expect("the roar-node daemon runs");
+    let killed_at = now();
+    kill9(old);
+    fs::write(shared.join("ends.go"), "").unwrap();
+    fs::set_permissions(&bundle_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    wait_new_daemon(old, killed_at);
+
+    // The refused record: delivered by the new daemon, exactly once.
+    let q = one_record(&quick_uid, Duration::from_secs(60));
+    assert_eq!(write_hash(&q, "/tmp/q.txt"), Some(blake3_bytes(b"quick\n")));
+    assert_eq!(q["backend_metadata"]["capture"]["partial"], false);
+    // The running task: traced again at once; its record is partial, with
+    // the gap, and has what it did after the restart.
+    fs::write(shared.join("long.go"), "").unwrap();
+    let long = one_record(&long_uid, Duration::from_secs(90));
+    let cap = &long["backend_metadata"]["capture"];
+    assert_eq!(cap["partial"], true, "{cap}");
+    let gap = &cap["gaps"][0];
+    assert!(
+        gap["from"].as_f64().unwrap() < killed_at && gap["to"].as_f64().unwrap() > killed_at,
+        "{cap}"
+    );
+    assert_eq!(
+        write_hash(&long, "/gate/long.after"),
+        Some(blake3_bytes(b"after\n")),
+        "{}",
+        long["writes"]
+    );
+    assert_eq!(long["exit_code"], 0);
+    // The task that ended around the restart: one record, partial.
+    let ends = one_record(&ends_uid, Duration::from_secs(90));
+    assert_eq!(
+        ends["backend_metadata"]["capture"]["partial"], true,
+        "{}",
+        ends["backend_metadata"]["capture"]
+    );
+
+    // 2. The API server goes down with a task running; the daemon is
+    // killed too, so it also starts with the API server down.
+    create(&kc, &gated_pod(&ns, "outage", &shared));
+    let outage_uid = uid_of(&wait_running(&kc, &ns, "outage"));
+    wait_traced(&outage_uid);
+    let api = ApiServer::stop();
+    let down_at = now();
+    let old = daemon_pid().expect("the roar-node daemon runs");
+    kill9(old);
+    wait_new_daemon(old, down_at);
+    let s = stats();
+    assert_eq!(s["api_reachable"], false, "{s}");
+    // The task works while the API server is down, under a daemon that
+    // started while it was down.
+    fs::write(shared.join("outage.go"), "").unwrap();
+    wait_until("the task ends", Duration::from_secs(30), || {
+        shared.join("outage.after").exists()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    api.start();
+    let rec = one_record(&outage_uid, Duration::from_secs(120));
+    assert_eq!(rec["exit_code"], 0);
+    assert_eq!(rec["backend_metadata"]["capture"]["partial"], true);
+    // Hashed by the daemon that started while the API server was down.
+    assert_eq!(
+        write_hash(&rec, "/gate/outage.after"),
+        Some(blake3_bytes(b"after\n")),
+        "{rec}"
+    );
+    wait_until("the watch is back", Duration::from_secs(60), || {
+        let s = stats();
+        s["api_reachable"] == true && s["watch_healthy"] == true
+    });
+    let _ = kubectl(&kc)
+        .args(["delete", "namespace", &ns, "--wait=false"])
+        .status();
+}
