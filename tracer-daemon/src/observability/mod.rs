@@ -1,5 +1,5 @@
 //! What the daemon tells operators about itself: Prometheus metrics, the
-//! kubelet's health and readiness probes.
+//! kubelet's health and readiness probes, and the log format.
 //!
 //! Wiring, for the daemon: make one [`Metrics`] and one [`Health`] (each in
 //! an `Arc`), start [`serve`] before the slow start-up steps so the probes
@@ -9,10 +9,12 @@
 //! tick (see [`metrics`] for counted versus mirrored counters).
 
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod server;
 
 pub use health::{DEFAULT_STALENESS, Health, NotOk};
+pub use logging::{LOG_FORMAT_ENV, LogFormat};
 pub use metrics::{
     CauseLabel, KindLabel, Metrics, QueueLabel, cause, observe_family_total, observe_total, queue,
 };
