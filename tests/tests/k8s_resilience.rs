@@ -63,6 +63,43 @@ fn wait_new_daemon(old: u32, after: f64) {
     );
 }
 
+/// GET on the daemon's metrics port (host network in the local cluster):
+/// status code and body.
+fn http_get(path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", 9477)) else {
+        return (0, String::new());
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// One sample of /metrics, by its exact series name (with labels).
+fn metric(series: &str) -> Option<f64> {
+    http_get("/metrics").1.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -216,6 +253,12 @@ fn kill_restart_and_api_server_outage() {
     fs::create_dir_all(&shared).unwrap();
     create_namespace(&kc, &ns);
     let bundle_dir = node_state().join("bundles");
+    wait_until("/readyz says ready", Duration::from_secs(60), || {
+        http_get("/readyz").0 == 200
+    });
+    assert_eq!(http_get("/healthz").0, 200);
+    assert!(metric("roar_node_events_total{kind=\"open\"}").is_some_and(|v| v > 0.0));
+    assert!(metric("roar_node_records_emitted_total").is_some());
 
     // 1. kill -9 with a task running, another about to end, and a
     // finished record the bundle directory refuses (read-only to the
@@ -248,6 +291,7 @@ fn kill_restart_and_api_server_outage() {
         },
     );
     assert!(records_of(&bundles(), &quick_uid).is_empty());
+    assert!(metric("roar_node_records_spooled").is_some_and(|v| v >= 1.0));
     let old = daemon_pid().expect("the roar-node daemon runs");
     let killed_at = now();
     kill9(old);
@@ -297,6 +341,14 @@ fn kill_restart_and_api_server_outage() {
     wait_new_daemon(old, down_at);
     let s = stats();
     assert_eq!(s["api_reachable"], false, "{s}");
+    // Alive, capturing, but not ready: no pod list yet.
+    wait_until("/healthz answers", Duration::from_secs(30), || {
+        http_get("/healthz").0 == 200
+    });
+    let (code, body) = http_get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("pod cache not synced"), "{body}");
+    assert_eq!(metric("roar_node_api_server_reachable"), Some(0.0));
     // The task works while the API server is down, under a daemon that
     // started while it was down.
     fs::write(shared.join("outage.go"), "").unwrap();
@@ -317,6 +369,9 @@ fn kill_restart_and_api_server_outage() {
     wait_until("the watch is back", Duration::from_secs(60), || {
         let s = stats();
         s["api_reachable"] == true && s["watch_healthy"] == true
+    });
+    wait_until("/readyz says ready again", Duration::from_secs(60), || {
+        http_get("/readyz").0 == 200
     });
     let _ = kubectl(&kc)
         .args(["delete", "namespace", &ns, "--wait=false"])

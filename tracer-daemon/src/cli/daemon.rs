@@ -30,6 +30,8 @@ use roar_node_common::filter::{FILTER_CHILDREN_ARE_ROOTS, FILTER_NO_SUPPRESS};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use roar_node_common::{event::EventKind, loss};
+
 use super::capture::{Capture, kernel_counters};
 use crate::{
     attribution::{
@@ -39,6 +41,11 @@ use crate::{
     },
     engine::Engine,
     events::{Body, CgroupChange, reader::EventReader},
+    observability::{
+        self,
+        health::Health,
+        metrics::{Metrics, gauge_value, observe_total},
+    },
     probes::{ProbeOptions, Probes},
     records::{
         BundleName, Clock, RecordBuilder, TaskIdentity, filters::FilterConfig, hashing::HashPool,
@@ -88,6 +95,9 @@ pub struct DaemonArgs {
     /// and --preset.
     #[arg(long, env = "ROAR_NODE_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = observability::DEFAULT_METRICS_ADDR, env = observability::METRICS_ADDR_ENV)]
+    pub metrics_addr: std::net::SocketAddr,
     /// Counters (events, queues, unattributed), rewritten every second.
     #[arg(long, env = "ROAR_NODE_STATS_FILE")]
     pub stats_file: Option<PathBuf>,
@@ -306,7 +316,9 @@ impl Delivery {
 
     /// Writes every record the spool holds undelivered (blocking).
     fn deliver_undelivered(&self) {
-        for r in self.spool().undelivered() {
+        // Not in the `for` header: the guard would live through the loop.
+        let waiting = self.spool().undelivered(Duration::from_secs(5));
+        for r in waiting {
             match self.sink.write_atomic(&r.bundle_file, &r.bundle_json) {
                 Ok(path) => {
                     self.redelivered.fetch_add(1, Ordering::Relaxed);
@@ -361,6 +373,12 @@ struct State {
 }
 
 pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
+    // First, so that the kubelet's probes get answers during start-up.
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+    let health = Arc::new(Health::new(observability::health::DEFAULT_STALENESS));
+    let (metrics_addr, _server) =
+        observability::server::serve(args.metrics_addr, metrics.clone(), health.clone()).await?;
+    tracing::info!(addr = %metrics_addr, "serving /metrics, /healthz, /readyz");
     let mut policy_dir = args.policy_dir.clone().map(PolicyDir::new);
     let policy = match policy_dir.as_mut().and_then(PolicyDir::poll) {
         Some(p) => p.map_err(anyhow::Error::msg)?,
@@ -431,6 +449,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         pool,
         engine,
     } = Capture::start(opts, args.host_proc.clone(), args.hash_workers)?;
+    health.set_programs_attached(true);
 
     let mut attr = Attributor::new(policy);
     let t_walk = Instant::now();
@@ -515,6 +534,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     st.execute(resume_acts);
     let mut listed_once = false;
     let started = Instant::now();
+    let mut stats_tick_n: u64 = 0;
     eprintln!(
         "roar-node daemon: node {}, cgroup2 root {}, bundles in {}",
         args.node_name,
@@ -539,6 +559,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
                     PodEvent::Listed(uids) => {
                         if !listed_once {
                             listed_once = true;
+                            health.set_pod_cache_synced(true);
                             eprintln!("roar-node daemon: {} pods on this node; watching", uids.len());
                         }
                         let mut acts = Vec::new();
@@ -562,6 +583,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
                 }
             }
             _ = tick.tick() => {
+                health.beat();
                 // Drain first: a task ends only after its events are in.
                 st.drain(&mut reader);
                 st.end_tasks(true);
@@ -575,13 +597,18 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             _ = stats_tick.tick() => {
                 st.spool_op("heartbeat", |s| s.heartbeat());
                 st.reload_policy();
-                st.ctx.delivery.retry();
+                // A refused record is tried again every 5 s.
+                if stats_tick_n.is_multiple_of(5) {
+                    st.ctx.delivery.retry();
+                }
+                stats_tick_n += 1;
                 // Pods never listed (API server down since start): the
                 // tasks that ended while no roar-node ran get their
                 // record without pod details rather than never.
                 if !listed_once && started.elapsed() > Duration::from_secs(args.status_wait_secs * 4) {
                     st.write_orphans();
                 }
+                st.update_metrics(&metrics, pod_rx.len());
                 if let Some(p) = &args.stats_file {
                     st.write_stats(p);
                 }
@@ -728,6 +755,65 @@ impl State {
         }
     }
 
+    /// Mirrors the loop's counters into /metrics (once a second).
+    fn update_metrics(&self, m: &Metrics, pod_events: usize) {
+        for kind in EventKind::ALL {
+            m.observe_events(kind.name(), self.engine.stats.by_kind[kind as usize]);
+        }
+        let kernel = self.probes.stats.read();
+        for (i, v) in kernel.counters.iter().enumerate() {
+            if loss::is_loss(i as u32)
+                && let Some(name) = loss::stat_name(i as u32)
+            {
+                m.observe_lost(name, *v);
+            }
+        }
+        m.observe_lost(
+            observability::metrics::cause::UNDECODABLE,
+            self.engine.stats.undecodable_total(),
+        );
+        observe_total(&m.unattributed_events, self.unattributed());
+        observe_total(&m.ignored_events, self.attr.stats.ignored);
+        m.set_queue_depth(observability::metrics::queue::POD_EVENTS, pod_events as u64);
+        m.set_queue_depth(
+            observability::metrics::queue::HASH_JOBS,
+            self.ctx.pool.depth(),
+        );
+        m.set_queue_depth(
+            observability::metrics::queue::PENDING_EVENTS,
+            self.attr.stats.waiting,
+        );
+        let t = &self.totals;
+        observe_total(
+            &m.records_emitted,
+            t.records_written.load(Ordering::Relaxed),
+        );
+        m.records_pending
+            .set(gauge_value(t.records_pending.load(Ordering::Relaxed)));
+        observe_total(
+            &m.record_errors,
+            t.record_errors.load(Ordering::Relaxed)
+                + self.ctx.delivery.errors.load(Ordering::Relaxed),
+        );
+        {
+            let spool = self.ctx.delivery.spool();
+            m.records_spooled
+                .set(gauge_value(spool.undelivered_count() as u64));
+            m.spool_bytes.set(gauge_value(spool.bytes()));
+        }
+        let hs = &self.ctx.pool.stats;
+        observe_total(&m.hash_bytes, hs.bytes.load(Ordering::Relaxed));
+        observe_total(&m.hash_files, hs.files.load(Ordering::Relaxed));
+        m.active_tasks.set(gauge_value(self.active.len() as u64));
+        observe_total(&m.tasks_started, t.tasks_started);
+        observe_total(&m.tasks_discarded, t.tasks_discarded);
+        observe_total(&m.policy_reload_errors, t.policy_errors);
+        m.policy_generation.set(gauge_value(t.policy_generation));
+        observe_total(&m.pod_watch_errors, t.watch_errors);
+        m.api_server_reachable
+            .set(i64::from(self.api_reachable && self.watch_healthy));
+    }
+
     fn unattributed(&self) -> u64 {
         self.attr.stats.unattributed + self.totals.unattributed_in_tasks.load(Ordering::Relaxed)
     }
@@ -824,9 +910,16 @@ impl State {
                 }
                 Action::Resolved(meta) => {
                     let id = meta.cgroup_id;
-                    if meta.started_before_agent {
-                        // No exec seen: hold the namespace of a process
-                        // that is in the container now.
+                    let resumed = self
+                        .ctx
+                        .delivery
+                        .spool()
+                        .open_task(&meta.task_id())
+                        .is_some_and(|t| !t.gaps.is_empty());
+                    if meta.started_before_agent || resumed {
+                        // No exec seen (running before this daemon traced
+                        // it): hold the namespace of a process that is in
+                        // the container now.
                         match pid_in_cgroup(&self.ctx.host_proc, &meta.cgroup_path)
                             .map(|pid| MountNs::of_pid(&self.ctx.host_proc, pid))
                         {

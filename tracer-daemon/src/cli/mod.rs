@@ -7,6 +7,8 @@ pub mod run;
 
 use clap::{Parser, Subcommand};
 
+use crate::observability::logging::{self, LogFormat};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "roar-node",
@@ -14,6 +16,16 @@ use clap::{Parser, Subcommand};
     about = "eBPF provenance capture: one roar record per task, no wrapping"
 )]
 pub struct Cli {
+    /// Log lines as text (for a terminal) or JSON, one object per line (for
+    /// a log collector). RUST_LOG chooses which lines (default: warn).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = logging::LOG_FORMAT_ENV
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,7 +45,7 @@ pub enum Command {
 /// Parses arguments, runs the command, returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_logging();
+    logging::init(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -60,15 +72,4 @@ pub fn main() -> i32 {
             125
         }
     }
-}
-
-fn init_logging() {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    use std::io::IsTerminal;
-    let _ = fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
 }

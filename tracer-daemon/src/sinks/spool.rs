@@ -79,6 +79,9 @@ pub struct Spool {
     bytes: u64,
     open: BTreeMap<String, pb::TaskOpened>,
     undelivered: BTreeMap<String, pb::RecordReady>,
+    /// When this process spooled each undelivered record (absent: a
+    /// previous daemon did).
+    spooled_at: BTreeMap<String, std::time::Instant>,
 }
 
 pub fn now_ns() -> u64 {
@@ -247,6 +250,7 @@ impl Spool {
             bytes: 0,
             open,
             undelivered,
+            spooled_at: BTreeMap::new(),
         };
         spool.compact()?;
         Ok((spool, rec))
@@ -342,11 +346,14 @@ impl Spool {
     pub fn record_ready(&mut self, r: pb::RecordReady) -> Result<(), SpoolError> {
         self.open.remove(&r.task_id);
         self.undelivered.insert(r.bundle_file.clone(), r.clone());
+        self.spooled_at
+            .insert(r.bundle_file.clone(), std::time::Instant::now());
         self.append(Kind::RecordReady(r), true)
     }
 
     /// The record is in its bundle file.
     pub fn delivered(&mut self, bundle_file: &str) -> Result<(), SpoolError> {
+        self.spooled_at.remove(bundle_file);
         if self.undelivered.remove(bundle_file).is_none() {
             return Ok(());
         }
@@ -358,9 +365,19 @@ impl Spool {
         )
     }
 
-    /// Records waiting for delivery.
-    pub fn undelivered(&self) -> Vec<pb::RecordReady> {
-        self.undelivered.values().cloned().collect()
+    /// Records waiting for delivery that nobody is delivering: left by a
+    /// previous daemon, or spooled by this one more than `age` ago (the
+    /// writer delivers right after spooling; this is for its failures).
+    pub fn undelivered(&self, age: std::time::Duration) -> Vec<pb::RecordReady> {
+        self.undelivered
+            .values()
+            .filter(|r| {
+                self.spooled_at
+                    .get(&r.bundle_file)
+                    .is_none_or(|t| t.elapsed() >= age)
+            })
+            .cloned()
+            .collect()
     }
 
     pub fn undelivered_count(&self) -> usize {

@@ -1,0 +1,516 @@
+//! The daemon's Prometheus metrics, in one registry.
+//!
+//! Two ways to feed a counter, never both on the same one:
+//! - **counted**: `inc()` / `inc_by()` where the thing happens (records
+//!   written, tasks started), when it happens rarely enough;
+//! - **mirrored**: [`observe_total`] / [`observe_family_total`] with a total
+//!   someone else keeps (the kernel's per-CPU counters, the engine's event
+//!   counts). The event path stays as it is (plain integers, no atomics,
+//!   no label lookups per event) and the loop copies its totals once a tick.
+
+use std::{borrow::Cow, hash::Hash, sync::atomic::Ordering};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+use roar_node_common::event::EventKind;
+
+/// Every family is exported under this prefix (`roar_node_events_total`).
+pub const PREFIX: &str = "roar_node";
+
+/// Content type of [`Metrics::encode`]'s output, for the HTTP response.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `kind` label of `events_total`. `Cow` so the usual `&'static str` names
+/// cost no allocation when the loop mirrors its totals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: Cow<'static, str>,
+}
+
+/// `cause` label of `events_lost_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: Cow<'static, str>,
+}
+
+/// `queue` label of `queue_depth`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub queue: Cow<'static, str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: Cow<'static, str>,
+}
+
+impl KindLabel {
+    pub fn new(kind: impl Into<Cow<'static, str>>) -> Self {
+        Self { kind: kind.into() }
+    }
+}
+
+impl CauseLabel {
+    pub fn new(cause: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            cause: cause.into(),
+        }
+    }
+}
+
+impl QueueLabel {
+    pub fn new(queue: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            queue: queue.into(),
+        }
+    }
+}
+
+/// Queue names the daemon reports under `queue_depth{queue=...}`; shared
+/// here so the dashboards and the daemon agree on the spelling.
+pub mod queue {
+    /// Bytes written by the kernel into the ring buffer and not yet read.
+    pub const RING_BUFFER_UNREAD_BYTES: &str = "ring_buffer_unread_bytes";
+    /// Pod watch events waiting for the loop.
+    pub const POD_EVENTS: &str = "pod_events";
+    /// Files waiting for a hashing thread.
+    pub const HASH_JOBS: &str = "hash_jobs";
+    /// Events held until their cgroup is attributed to a task.
+    pub const PENDING_EVENTS: &str = "pending_events";
+
+    pub const ALL: [&str; 4] = [
+        RING_BUFFER_UNREAD_BYTES,
+        POD_EVENTS,
+        HASH_JOBS,
+        PENDING_EVENTS,
+    ];
+    // Records pending have their own gauge, `records_pending`: not repeated
+    // here, so a dashboard cannot pick the wrong one of two equal series.
+}
+
+/// Loss causes under `events_lost_total{cause=...}`: the record's
+/// `lost_by_cause` names, with the kernel's reserve failures split by why.
+pub mod cause {
+    /// The ring buffer had no room for the event (per-CPU counters, every
+    /// kind summed).
+    pub const KERNEL_RING_BUFFER_FULL: &str = "kernel_ring_buffer_full";
+    /// The program had no scratch space to build the event.
+    pub const KERNEL_SCRATCH_UNAVAILABLE: &str = "kernel_scratch_unavailable";
+    /// Read from the ring buffer but rejected by the decoder.
+    pub const UNDECODABLE: &str = "undecodable";
+
+    pub const ALL: [&str; 3] = [
+        KERNEL_RING_BUFFER_FULL,
+        KERNEL_SCRATCH_UNAVAILABLE,
+        UNDECODABLE,
+    ];
+}
+
+/// Every metric the daemon exports. Fields are handles (`Arc` inside):
+/// clone one into a thread or task and update it there; [`Metrics::encode`]
+/// sees the change.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+
+    /// `events_total{kind}`: events decoded from the ring buffer (mirrored
+    /// from the engine's per-kind counts). Every kind exists from the start
+    /// at 0, so `rate()` works before the first event.
+    pub events: Family<KindLabel, Counter>,
+    /// `events_lost_total{cause}`: events the kernel could not deliver or
+    /// the decoder rejected (mirrored from the kernel's per-CPU counters).
+    /// The [`cause`] names exist from the start at 0, so an alert on
+    /// `increase()` sees the first loss; observe any other cause every
+    /// tick, zeros included, for the same reason.
+    pub events_lost: Family<CauseLabel, Counter>,
+    /// Events of traced cgroups that never resolved to a task: nonzero means
+    /// some task's record is missing things.
+    pub unattributed_events: Counter,
+    /// Events of cgroups that resolved to a container not opted in.
+    pub ignored_events: Counter,
+    /// `queue_depth{queue}`: see [`queue`] for the names (all present from
+    /// the start).
+    pub queue_depth: Family<QueueLabel, Gauge>,
+
+    pub records_emitted: Counter,
+    /// Records being built (hashing) or waiting for the task's identity or
+    /// exit code.
+    pub records_pending: Gauge,
+    /// Records that could not be written where they should go (kept in the
+    /// fallback directory instead, or lost if that failed too).
+    pub record_errors: Counter,
+    /// Records in the durable spool (fallback directory) not yet delivered.
+    pub records_spooled: Gauge,
+    pub spool_bytes: Gauge,
+
+    pub hash_bytes: Counter,
+    pub hash_files: Counter,
+
+    /// Tasks (container runs) followed right now.
+    pub active_tasks: Gauge,
+    pub tasks_started: Counter,
+    /// Tasks dropped without a record (never resolved, or not opted in).
+    pub tasks_discarded: Counter,
+
+    pub policy_reload_errors: Counter,
+    /// Which policy version is in force: bumps on every successful reload,
+    /// so a reload that did not take shows as a generation that did not move.
+    pub policy_generation: Gauge,
+    pub pod_watch_errors: Counter,
+    /// 1 while the last API server call (list/watch) succeeded, else 0.
+    pub api_server_reachable: Gauge,
+}
+
+impl Metrics {
+    /// All families registered; `version` goes into `build_info`.
+    pub fn new(version: &'static str) -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix(PREFIX),
+            events: Family::default(),
+            events_lost: Family::default(),
+            unattributed_events: Counter::default(),
+            ignored_events: Counter::default(),
+            queue_depth: Family::default(),
+            records_emitted: Counter::default(),
+            records_pending: Gauge::default(),
+            record_errors: Counter::default(),
+            records_spooled: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            hash_bytes: Counter::default(),
+            hash_files: Counter::default(),
+            active_tasks: Gauge::default(),
+            tasks_started: Counter::default(),
+            tasks_discarded: Counter::default(),
+            policy_reload_errors: Counter::default(),
+            policy_generation: Gauge::default(),
+            pod_watch_errors: Counter::default(),
+            api_server_reachable: Gauge::default(),
+        };
+        // Series that exist from the start (an empty family is not
+        // exported at all, and a series born at its first increment hides
+        // that increment from `rate()`).
+        for kind in EventKind::ALL {
+            let _ = m.events.get_or_create(&KindLabel::new(kind.name()));
+        }
+        for c in cause::ALL {
+            let _ = m.events_lost.get_or_create(&CauseLabel::new(c));
+        }
+        for q in queue::ALL {
+            let _ = m.queue_depth.get_or_create(&QueueLabel::new(q));
+        }
+        let r = &mut m.registry;
+        // Counter names carry no `_total`: the encoder appends it.
+        r.register(
+            "events",
+            "Events read from the kernel ring buffer, by kind",
+            m.events.clone(),
+        );
+        r.register(
+            "events_lost",
+            "Events lost before reaching a task (kernel ring buffer full, undecodable, ...), by cause",
+            m.events_lost.clone(),
+        );
+        r.register(
+            "unattributed_events",
+            "Events of traced cgroups that never resolved to a task",
+            m.unattributed_events.clone(),
+        );
+        r.register(
+            "ignored_events",
+            "Events of cgroups that resolved to containers not opted in",
+            m.ignored_events.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Items waiting in each internal queue (bytes for ring_buffer_unread_bytes)",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "records_emitted",
+            "Records (roar fragment bundles) written",
+            m.records_emitted.clone(),
+        );
+        r.register(
+            "records_pending",
+            "Records being built or waiting for their task's identity or exit code",
+            m.records_pending.clone(),
+        );
+        r.register(
+            "record_errors",
+            "Records that could not be written to the bundle directory",
+            m.record_errors.clone(),
+        );
+        r.register(
+            "records_spooled",
+            "Records in the durable spool not yet delivered",
+            m.records_spooled.clone(),
+        );
+        r.register_with_unit(
+            "spool",
+            "Size of the durable spool",
+            Unit::Bytes,
+            m.spool_bytes.clone(),
+        );
+        r.register_with_unit(
+            "hash",
+            "File content hashed",
+            Unit::Bytes,
+            m.hash_bytes.clone(),
+        );
+        r.register("hash_files", "Files hashed", m.hash_files.clone());
+        r.register(
+            "active_tasks",
+            "Tasks (container runs) being followed",
+            m.active_tasks.clone(),
+        );
+        r.register(
+            "tasks_started",
+            "Tasks resolved to an opted-in container",
+            m.tasks_started.clone(),
+        );
+        r.register(
+            "tasks_discarded",
+            "Tasks dropped without a record",
+            m.tasks_discarded.clone(),
+        );
+        r.register(
+            "policy_reload_errors",
+            "Policy reloads that failed (the previous policy stays in force)",
+            m.policy_reload_errors.clone(),
+        );
+        r.register(
+            "policy_generation",
+            "Generation of the policy in force",
+            m.policy_generation.clone(),
+        );
+        r.register(
+            "pod_watch_errors",
+            "Errors of the pod list/watch (each is retried)",
+            m.pod_watch_errors.clone(),
+        );
+        r.register(
+            "api_server_reachable",
+            "1 if the last call to the Kubernetes API server succeeded, else 0",
+            m.api_server_reachable.clone(),
+        );
+        // The usual `*_build_info` gauge: constant 1, the facts in labels,
+        // so it joins onto any other series by instance.
+        let build: Family<VersionLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: Cow::Borrowed(version),
+            })
+            .set(1);
+        r.register("build_info", "roar-node build; the value is 1", build);
+        m
+    }
+
+    /// The OpenMetrics text exposition of every family, `# EOF` included.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail; the encoder's only error is
+        // the writer's.
+        encode(&mut out, &self.registry).expect("encoding metrics into a String");
+        out
+    }
+
+    /// Mirrors the engine's per-kind event count (see [`observe_total`]).
+    pub fn observe_events(&self, kind: impl Into<Cow<'static, str>>, total: u64) {
+        observe_family_total(&self.events, &KindLabel::new(kind), total);
+    }
+
+    /// Mirrors a loss counter (see [`observe_total`]).
+    pub fn observe_lost(&self, cause: impl Into<Cow<'static, str>>, total: u64) {
+        observe_family_total(&self.events_lost, &CauseLabel::new(cause), total);
+    }
+
+    pub fn set_queue_depth(&self, queue: impl Into<Cow<'static, str>>, depth: u64) {
+        self.queue_depth
+            .get_or_create(&QueueLabel::new(queue))
+            .set(gauge_value(depth));
+    }
+}
+
+/// Brings a mirrored counter up to `total`, a running total kept elsewhere
+/// (a kernel map, an engine field): it rises by what `total` gained since
+/// the last observation and never falls. A `total` below the counter's
+/// value (its source restarted) is ignored until the source catches up;
+/// the daemon's sources live exactly as long as the process, so that does
+/// not happen there. Atomic (`fetch_max`), so concurrent observers cannot
+/// count a delta twice.
+pub fn observe_total(counter: &Counter, total: u64) {
+    counter.inner().fetch_max(total, Ordering::Relaxed);
+}
+
+/// [`observe_total`] for one series of a family (created on first use).
+pub fn observe_family_total<L>(family: &Family<L, Counter>, label: &L, total: u64)
+where
+    L: EncodeLabelSet + Clone + Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    // Existing series (every tick after the first) take the read lock only.
+    if let Some(c) = family.get(label) {
+        observe_total(&c, total);
+        return;
+    }
+    observe_total(&family.get_or_create(label), total);
+}
+
+/// Converts a count to a gauge value, saturating (gauges are `i64`).
+pub fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn every_family_has_help_and_type() {
+        let text = Metrics::new("9.9.9").encode();
+        for (name, ty) in [
+            ("events", "counter"),
+            ("events_lost", "counter"),
+            ("unattributed_events", "counter"),
+            ("ignored_events", "counter"),
+            ("queue_depth", "gauge"),
+            ("records_emitted", "counter"),
+            ("records_pending", "gauge"),
+            ("record_errors", "counter"),
+            ("records_spooled", "gauge"),
+            ("spool_bytes", "gauge"),
+            ("hash_bytes", "counter"),
+            ("hash_files", "counter"),
+            ("active_tasks", "gauge"),
+            ("tasks_started", "counter"),
+            ("tasks_discarded", "counter"),
+            ("policy_reload_errors", "counter"),
+            ("policy_generation", "gauge"),
+            ("pod_watch_errors", "counter"),
+            ("api_server_reachable", "gauge"),
+            ("build_info", "gauge"),
+        ] {
+            let full = format!("roar_node_{name}");
+            assert!(
+                line(&text, &format!("# HELP {full} ")).is_some(),
+                "no HELP for {full}:\n{text}"
+            );
+            assert_eq!(
+                line(&text, &format!("# TYPE {full} ")),
+                Some(format!("# TYPE {full} {ty}").as_str()),
+                "TYPE of {full}:\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            text.contains("roar_node_build_info{version=\"9.9.9\"} 1\n"),
+            "{text}"
+        );
+        // Every known label is there before anything happens.
+        let zero = |family: &str, label: &str, value: &str| {
+            let l = format!("roar_node_{family}{{{label}=\"{value}\"}} 0\n");
+            assert!(text.contains(&l), "missing {l}in\n{text}");
+        };
+        for kind in EventKind::ALL {
+            zero("events_total", "kind", kind.name());
+        }
+        for c in cause::ALL {
+            zero("events_lost_total", "cause", c);
+        }
+        for q in queue::ALL {
+            zero("queue_depth", "queue", q);
+        }
+    }
+
+    #[test]
+    fn counters_and_gauges_show_their_values() {
+        let m = Metrics::new("0");
+        m.records_emitted.inc_by(3);
+        m.hash_bytes.inc_by(4096);
+        m.spool_bytes.set(10);
+        m.set_queue_depth(queue::HASH_JOBS, 7);
+        m.api_server_reachable.set(1);
+        let t = m.encode();
+        for l in [
+            "roar_node_records_emitted_total 3\n",
+            "roar_node_hash_bytes_total 4096\n",
+            "roar_node_spool_bytes 10\n",
+            "roar_node_queue_depth{queue=\"hash_jobs\"} 7\n",
+            "roar_node_api_server_reachable 1\n",
+        ] {
+            assert!(t.contains(l), "missing {l:?} in\n{t}");
+        }
+        // Units are declared for the byte metrics.
+        assert!(t.contains("# UNIT roar_node_hash_bytes bytes\n"), "{t}");
+    }
+
+    #[test]
+    fn observe_total_adds_deltas_and_never_decreases() {
+        let m = Metrics::new("0");
+        let lost = |m: &Metrics| {
+            m.events_lost
+                .get(&CauseLabel::new("new_cause"))
+                .map(|c| c.get())
+        };
+        assert_eq!(lost(&m), None);
+        m.observe_lost("new_cause", 0);
+        assert_eq!(lost(&m), Some(0), "a zero observation creates the series");
+        m.observe_lost("new_cause", 10);
+        assert_eq!(lost(&m), Some(10));
+        m.observe_lost("new_cause", 10);
+        assert_eq!(lost(&m), Some(10), "same total: no increment");
+        m.observe_lost("new_cause", 25);
+        assert_eq!(lost(&m), Some(25), "increment by the delta (15)");
+        m.observe_lost("new_cause", 5);
+        assert_eq!(lost(&m), Some(25), "a lower total never decreases it");
+        m.observe_lost("new_cause", 26);
+        assert_eq!(lost(&m), Some(26));
+
+        observe_total(&m.unattributed_events, 4);
+        observe_total(&m.unattributed_events, 2);
+        assert_eq!(m.unattributed_events.get(), 4);
+        m.observe_events("open", 1000);
+        assert!(
+            m.encode()
+                .contains("roar_node_events_total{kind=\"open\"} 1000\n")
+        );
+    }
+
+    #[test]
+    fn concurrent_observers_do_not_count_twice() {
+        let m = std::sync::Arc::new(Metrics::new("0"));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for total in 0..=1000u64 {
+                        m.observe_events("exec", total);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let c = m.events.get(&KindLabel::new("exec")).unwrap().get();
+        assert_eq!(c, 1000);
+    }
+
+    #[test]
+    fn handles_are_send_sync_clone() {
+        fn check<T: Clone + Send + Sync + 'static>() {}
+        check::<Counter>();
+        check::<Gauge>();
+        check::<Family<KindLabel, Counter>>();
+        check::<Family<QueueLabel, Gauge>>();
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Metrics>();
+    }
+}

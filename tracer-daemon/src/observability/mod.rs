@@ -1,0 +1,28 @@
+//! What the daemon tells operators about itself: Prometheus metrics, the
+//! kubelet's health and readiness probes, and the log format.
+//!
+//! Wiring, for the daemon: make one [`Metrics`] and one [`Health`] (each in
+//! an `Arc`), start [`serve`] before the slow start-up steps so the probes
+//! answer from the start, call [`Health::beat`] on every loop tick, set
+//! [`Health::set_programs_attached`] and [`Health::set_pod_cache_synced`]
+//! when those happen, and mirror the loop's totals into the metrics once a
+//! tick (see [`metrics`] for counted versus mirrored counters).
+
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+
+pub use health::{DEFAULT_STALENESS, Health, NotOk};
+pub use logging::{LOG_FORMAT_ENV, LogFormat};
+pub use metrics::{
+    CauseLabel, KindLabel, Metrics, QueueLabel, cause, observe_family_total, observe_total, queue,
+};
+pub use server::serve;
+
+/// Where the DaemonSet serves /metrics, /healthz and /readyz (its
+/// `metrics` containerPort and probes use this port).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9477";
+
+/// Environment variable of the daemon's `--metrics-addr`.
+pub const METRICS_ADDR_ENV: &str = "ROAR_NODE_METRICS_ADDR";
