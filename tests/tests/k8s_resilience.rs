@@ -148,12 +148,17 @@ fn wait_running(kc: &Path, ns: &str, name: &str) -> Value {
 
 /// The daemon traces the pod's container (its task is in the spool).
 fn wait_traced(uid: &str) {
-    let spool = node_state().join("spool/journal.pb");
     wait_until(
         &format!("pod {uid} traced (in the spool)"),
         Duration::from_secs(60),
-        || fs::read(&spool).is_ok_and(|b| b.windows(uid.len()).any(|w| w == uid.as_bytes())),
+        || in_spool(uid.as_bytes()),
     );
+}
+
+/// Whether the spool's journal holds these bytes.
+fn in_spool(what: &[u8]) -> bool {
+    fs::read(node_state().join("spool/journal.pb"))
+        .is_ok_and(|b| b.windows(what.len()).any(|w| w == what))
 }
 
 fn one_record(uid: &str, timeout: Duration) -> Value {
@@ -270,6 +275,10 @@ fn kill_restart_and_api_server_outage() {
     let ends_uid = uid_of(&wait_running(&kc, &ns, "ends"));
     wait_traced(&long_uid);
     wait_traced(&ends_uid);
+    // Checkpointed: what the tasks did so far is in the spool.
+    wait_until("checkpoints in the spool", Duration::from_secs(30), || {
+        in_spool(b"/gate/long.before") && in_spool(b"/gate/ends.before")
+    });
     fs::set_permissions(&bundle_dir, fs::Permissions::from_mode(0o500)).unwrap();
     let quick = json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -320,6 +329,13 @@ fn kill_restart_and_api_server_outage() {
         "{}",
         long["writes"]
     );
+    // What it did before the crash comes from the checkpoint.
+    assert_eq!(
+        write_hash(&long, "/gate/long.before"),
+        Some(blake3_bytes(b"before\n")),
+        "{}",
+        long["writes"]
+    );
     assert_eq!(long["exit_code"], 0);
     // The task that ended around the restart: one record, partial.
     let ends = one_record(&ends_uid, Duration::from_secs(90));
@@ -327,6 +343,12 @@ fn kill_restart_and_api_server_outage() {
         ends["backend_metadata"]["capture"]["partial"], true,
         "{}",
         ends["backend_metadata"]["capture"]
+    );
+    assert_eq!(
+        write_hash(&ends, "/gate/ends.before"),
+        Some(blake3_bytes(b"before\n")),
+        "{}",
+        ends["writes"]
     );
 
     // 2. The API server goes down with a task running; the daemon is

@@ -113,6 +113,17 @@ impl Engine {
             .insert(key, self.stats.undecodable_total());
     }
 
+    /// Continues a task from a checkpoint (right after `register`).
+    pub fn restore(&mut self, key: u64, state: &crate::proto::TaskState) {
+        let task = crate::tasks::checkpoint::from_state(key, self.table.limits(), state);
+        self.table.restore(task);
+    }
+
+    /// The task's state for a checkpoint.
+    pub fn checkpoint(&self, key: u64) -> Option<crate::proto::TaskState> {
+        self.table.get(key).map(crate::tasks::checkpoint::to_state)
+    }
+
     /// Adds a mount namespace a task's files may be looked up in (one held
     /// while the task's events waited for attribution).
     pub fn hold(&mut self, key: u64, ns: Arc<MountNs>) {

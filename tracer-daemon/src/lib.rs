@@ -4,7 +4,9 @@
 //! (decoding) -> `attribution` (which task) -> `tasks` (per-task state) ->
 //! `records` (hashes, roar's format) -> `sinks` (where records go).
 //! `engine` is the event path shared by the modes; `observability` is what
-//! the daemon reports about itself (metrics, probes, logs); `cli` wires them.
+//! the daemon reports about itself (metrics, probes, logs); `proto` is the
+//! spool's schema (task state and records that survive a crash); `cli`
+//! wires them.
 
 pub mod attribution;
 pub mod cli;
@@ -12,6 +14,7 @@ pub mod engine;
 pub mod events;
 pub mod observability;
 pub mod probes;
+pub mod proto;
 pub mod records;
 pub mod sinks;
 pub mod tasks;

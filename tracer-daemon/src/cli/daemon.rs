@@ -215,6 +215,8 @@ struct Active {
     drains_since_gone: u32,
     /// Out of the engine, record being built: send the final facts here.
     closing: Option<tokio::sync::oneshot::Sender<Final>>,
+    /// Events in the task at its last checkpoint.
+    checkpointed_events: u64,
 }
 
 #[derive(Default)]
@@ -365,6 +367,8 @@ struct State {
     totals: Totals,
     /// Tasks a previous roar-node traced that ended while none ran.
     orphans: Vec<pb::TaskOpened>,
+    /// Their last checkpoints, by task id.
+    orphan_checkpoints: std::collections::BTreeMap<String, pb::TaskCheckpoint>,
     policy_dir: Option<PolicyDir>,
     /// Whether the API server answered since start-up.
     api_reachable: bool,
@@ -482,6 +486,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     // pods are known.
     let mut resume_acts = Vec::new();
     let mut orphans = Vec::new();
+    let mut resumed = Vec::new();
+    let mut checkpoints = recovered.checkpoints;
     for t in recovered.open_tasks {
         let acts = if recovered.rebooted {
             Vec::new()
@@ -491,8 +497,11 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         if acts.is_empty() {
             orphans.push(t);
         } else {
-            tracing::info!(task = %t.task_id, cgroup = t.cgroup_id, "resuming a task a previous roar-node traced");
+            tracing::info!(task = %t.task_id, cgroup = t.cgroup_id, checkpoint = checkpoints.contains_key(&t.task_id), "resuming a task a previous roar-node traced");
             resume_acts.extend(acts);
+            if let Some(c) = checkpoints.remove(&t.task_id) {
+                resumed.push(c);
+            }
         }
     }
 
@@ -527,11 +536,18 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         active: HashMap::new(),
         totals: Totals::default(),
         orphans,
+        orphan_checkpoints: checkpoints,
         policy_dir,
         api_reachable,
         watch_healthy: api_reachable,
     };
     st.execute(resume_acts);
+    // Their state as last checkpointed, before any new event is applied.
+    for c in resumed {
+        if let Some(state) = &c.state {
+            st.engine.restore(c.cgroup_id, state);
+        }
+    }
     let mut listed_once = false;
     let started = Instant::now();
     let mut stats_tick_n: u64 = 0;
@@ -600,6 +616,9 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
                 // A refused record is tried again every 5 s.
                 if stats_tick_n.is_multiple_of(5) {
                     st.ctx.delivery.retry();
+                }
+                if stats_tick_n % 5 == 2 {
+                    st.checkpoint_tasks();
                 }
                 stats_tick_n += 1;
                 // Pods never listed (API server down since start): the
@@ -719,6 +738,13 @@ impl State {
             // Its cgroup is gone: a key no live cgroup can have.
             let key = u64::MAX - i as u64;
             self.engine.register(key, None);
+            if let Some(state) = self
+                .orphan_checkpoints
+                .remove(&t.task_id)
+                .and_then(|c| c.state)
+            {
+                self.engine.restore(key, &state);
+            }
             let meta = TaskMeta {
                 cgroup_id: t.cgroup_id,
                 cgroup_path: t.cgroup_path.clone(),
@@ -737,7 +763,7 @@ impl State {
             };
             let Some(tx) = self.close(
                 key,
-                Some("the container ended while no roar-node was running: its processes and files were not captured".into()),
+                Some("the container ended while no roar-node was running: what it did after the last checkpoint was not captured".into()),
             ) else {
                 continue;
             };
@@ -752,6 +778,39 @@ impl State {
                 pod,
                 exit_code: code,
             });
+        }
+    }
+
+    /// Checkpoints the running tasks that changed since their last
+    /// checkpoint: after a crash, the next daemon continues from there.
+    fn checkpoint_tasks(&mut self) {
+        let at_ns = crate::sinks::spool::now_ns();
+        let mut due = Vec::new();
+        for (id, a) in self.active.iter_mut() {
+            let (Some(meta), None) = (&a.meta, a.gone_at) else {
+                continue;
+            };
+            let Some(task) = self.engine.table.get(*id) else {
+                continue;
+            };
+            let events = task.stats.total_events();
+            if events == a.checkpointed_events {
+                continue;
+            }
+            a.checkpointed_events = events;
+            due.push((*id, meta.task_id()));
+        }
+        for (id, task_id) in due {
+            let Some(state) = self.engine.checkpoint(id) else {
+                continue;
+            };
+            let c = pb::TaskCheckpoint {
+                task_id,
+                cgroup_id: id,
+                at_ns,
+                state: Some(state),
+            };
+            self.spool_op("checkpoint", |s| s.checkpoint(c));
         }
     }
 
@@ -905,6 +964,7 @@ impl State {
                             gone_at: None,
                             drains_since_gone: 0,
                             closing: None,
+                            checkpointed_events: 0,
                         },
                     );
                 }

@@ -22,10 +22,7 @@ use std::{
 
 use prost::Message;
 
-/// The generated types of `proto/spool.proto`.
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/roar_node.spool.v1.rs"));
-}
+pub use crate::proto as pb;
 
 use pb::entry::Kind;
 
@@ -59,6 +56,8 @@ pub enum SpoolError {
 pub struct Recovered {
     /// Tasks it was tracing (their capture has a gap now).
     pub open_tasks: Vec<pb::TaskOpened>,
+    /// The last checkpoint of each, by task id.
+    pub checkpoints: BTreeMap<String, pb::TaskCheckpoint>,
     /// Records it finished but did not deliver.
     pub undelivered: Vec<pb::RecordReady>,
     /// Its last sign of life (unix ns), if it left any.
@@ -79,6 +78,10 @@ pub struct Spool {
     bytes: u64,
     open: BTreeMap<String, pb::TaskOpened>,
     undelivered: BTreeMap<String, pb::RecordReady>,
+    /// The last checkpoint of each open task.
+    checkpoints: BTreeMap<String, pb::TaskCheckpoint>,
+    /// Their encoded size.
+    checkpoints_bytes: u64,
     /// When this process spooled each undelivered record (absent: a
     /// previous daemon did).
     spooled_at: BTreeMap<String, std::time::Instant>,
@@ -183,6 +186,7 @@ impl Spool {
         };
         let mut open = BTreeMap::new();
         let mut undelivered = BTreeMap::new();
+        let mut checkpoints: BTreeMap<String, pb::TaskCheckpoint> = BTreeMap::new();
         let mut last_alive = None;
         for e in entries {
             last_alive = Some(e.wall_ns);
@@ -200,8 +204,12 @@ impl Spool {
                 Some(Kind::TaskOpened(t)) => {
                     open.insert(t.task_id.clone(), t);
                 }
+                Some(Kind::TaskCheckpoint(c)) => {
+                    checkpoints.insert(c.task_id.clone(), c);
+                }
                 Some(Kind::RecordReady(r)) => {
                     open.remove(&r.task_id);
+                    checkpoints.remove(&r.task_id);
                     undelivered.insert(r.bundle_file.clone(), r);
                 }
                 Some(Kind::RecordDelivered(d)) => {
@@ -209,17 +217,21 @@ impl Spool {
                 }
                 Some(Kind::TaskClosed(c)) => {
                     open.remove(&c.task_id);
+                    checkpoints.remove(&c.task_id);
                 }
                 Some(Kind::Heartbeat(_)) | None => {}
             }
         }
         rec.last_alive_ns = last_alive;
         let now = now_ns();
+        checkpoints.retain(|id, _| open.contains_key(id));
         for t in open.values_mut() {
-            // What the previous daemon captured of the task lived in its
-            // memory: the gap starts where its capture began, not where
-            // it died.
-            let from_ns = t.gaps.last().map_or(t.traced_since_ns, |g| g.to_ns);
+            // What the previous daemon captured of the task since its last
+            // checkpoint (or since it began, without one) died with it.
+            let captured_until = t.gaps.last().map_or(t.traced_since_ns, |g| g.to_ns);
+            let from_ns = checkpoints
+                .get(&t.task_id)
+                .map_or(captured_until, |c| c.at_ns.max(captured_until));
             let down = last_alive.map_or_else(String::new, |ns| {
                 format!(
                     " (its last sign of life: {} s before the restart)",
@@ -230,11 +242,12 @@ impl Spool {
                 from_ns,
                 to_ns: now,
                 why: format!(
-                    "roar-node restarted{down}: what it had captured of this task since from_ns was in its memory"
+                    "roar-node restarted{down}: events after its last checkpoint of this task were lost with it"
                 ),
             });
         }
         rec.open_tasks = open.values().cloned().collect();
+        rec.checkpoints = checkpoints.clone();
         rec.undelivered = undelivered.values().cloned().collect();
         let file = OpenOptions::new()
             .create(true)
@@ -250,6 +263,8 @@ impl Spool {
             bytes: 0,
             open,
             undelivered,
+            checkpoints_bytes: checkpoints.values().map(|c| c.encoded_len() as u64).sum(),
+            checkpoints,
             spooled_at: BTreeMap::new(),
         };
         spool.compact()?;
@@ -266,6 +281,9 @@ impl Spool {
         }));
         for t in self.open.values() {
             buf.extend(frame(Kind::TaskOpened(t.clone())));
+        }
+        for c in self.checkpoints.values() {
+            buf.extend(frame(Kind::TaskCheckpoint(c.clone())));
         }
         for r in self.undelivered.values() {
             buf.extend(frame(Kind::RecordReady(r.clone())));
@@ -307,7 +325,8 @@ impl Spool {
             .values()
             .map(|r| r.bundle_json.len() as u64 + 128)
             .sum::<u64>()
-            + self.open.len() as u64 * 512;
+            + self.open.len() as u64 * 512
+            + self.checkpoints_bytes;
         if self.bytes > live + COMPACT_SLACK {
             self.compact()?;
         }
@@ -318,6 +337,20 @@ impl Spool {
     pub fn task_opened(&mut self, t: pb::TaskOpened) -> Result<(), SpoolError> {
         self.open.insert(t.task_id.clone(), t.clone());
         self.append(Kind::TaskOpened(t), false)
+    }
+
+    /// What the daemon knows of an open task now (replaces the previous
+    /// checkpoint of it).
+    pub fn checkpoint(&mut self, c: pb::TaskCheckpoint) -> Result<(), SpoolError> {
+        if !self.open.contains_key(&c.task_id) {
+            return Ok(());
+        }
+        let len = c.encoded_len() as u64;
+        if let Some(old) = self.checkpoints.insert(c.task_id.clone(), c.clone()) {
+            self.checkpoints_bytes -= old.encoded_len() as u64;
+        }
+        self.checkpoints_bytes += len;
+        self.append(Kind::TaskCheckpoint(c), false)
     }
 
     /// The open task with this id (from this run or a previous one).
@@ -331,6 +364,7 @@ impl Spool {
 
     /// A task ends without a record.
     pub fn task_closed(&mut self, task_id: &str) -> Result<(), SpoolError> {
+        self.forget_checkpoint(task_id);
         if self.open.remove(task_id).is_none() {
             return Ok(());
         }
@@ -345,6 +379,7 @@ impl Spool {
     /// A finished record, on disk (synced) before it is delivered.
     pub fn record_ready(&mut self, r: pb::RecordReady) -> Result<(), SpoolError> {
         self.open.remove(&r.task_id);
+        self.forget_checkpoint(&r.task_id);
         self.undelivered.insert(r.bundle_file.clone(), r.clone());
         self.spooled_at
             .insert(r.bundle_file.clone(), std::time::Instant::now());
@@ -363,6 +398,12 @@ impl Spool {
             }),
             false,
         )
+    }
+
+    fn forget_checkpoint(&mut self, task_id: &str) {
+        if let Some(old) = self.checkpoints.remove(task_id) {
+            self.checkpoints_bytes -= old.encoded_len() as u64;
+        }
     }
 
     /// Records waiting for delivery that nobody is delivering: left by a
@@ -502,6 +543,48 @@ mod tests {
         // What was cut off is gone from the rewritten journal.
         let (_, corrupt, valid) = decode_journal(&fs::read(&path).unwrap());
         assert_eq!((corrupt, valid), (0, fs::read(&path).unwrap().len()));
+    }
+
+    /// With a checkpoint, the gap starts at the checkpoint, and the state
+    /// comes back; a task's record drops its checkpoint.
+    #[test]
+    fn checkpoint_bounds_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = Spool::open(dir.path(), "n1").unwrap();
+            s.task_opened(task("a")).unwrap();
+            s.task_opened(task("b")).unwrap();
+            for at_ns in [5, 9] {
+                for id in ["a", "b"] {
+                    s.checkpoint(pb::TaskCheckpoint {
+                        task_id: id.into(),
+                        cgroup_id: 7,
+                        at_ns,
+                        state: Some(pb::TaskState {
+                            files_overflow: at_ns,
+                            ..Default::default()
+                        }),
+                    })
+                    .unwrap();
+                }
+            }
+            s.record_ready(ready("b", "rb.json")).unwrap();
+            // Not open: ignored.
+            s.checkpoint(pb::TaskCheckpoint {
+                task_id: "zzz".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let (_, rec) = Spool::open(dir.path(), "n1").unwrap();
+        assert_eq!(rec.open_tasks.len(), 1);
+        assert_eq!(rec.open_tasks[0].gaps[0].from_ns, 9);
+        let ids: Vec<_> = rec.checkpoints.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["a"]);
+        assert_eq!(
+            rec.checkpoints["a"].state.as_ref().unwrap().files_overflow,
+            9
+        );
     }
 
     #[test]

@@ -75,6 +75,19 @@ impl FileTable {
         self.paths.len()
     }
 
+    /// A table as a checkpoint had it.
+    pub fn restore(
+        max_paths: usize,
+        paths: impl IntoIterator<Item = (Vec<u8>, FileState)>,
+        overflow: u64,
+    ) -> Self {
+        Self {
+            paths: paths.into_iter().collect(),
+            max_paths,
+            overflow,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
     }

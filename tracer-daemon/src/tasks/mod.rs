@@ -5,6 +5,7 @@
 //! (`roar-node run` waits for its cgroup to empty; the daemon follows
 //! container status).
 
+pub mod checkpoint;
 pub mod files;
 pub mod process;
 
@@ -155,6 +156,17 @@ impl TaskTable {
                 None
             }
         }
+    }
+
+    /// Puts back a task from a checkpoint, in place of what is under its
+    /// key (events that arrived since are applied to it again by nobody:
+    /// call this before any arrive, right after `start`).
+    pub fn restore(&mut self, task: Task) {
+        self.tasks.insert(task.key, task);
+    }
+
+    pub fn limits(&self) -> TaskLimits {
+        self.limits
     }
 
     /// Ends a task: it leaves the table for its record to be made.

@@ -73,6 +73,15 @@ impl ProcessTree {
         self.procs.get(&tgid)
     }
 
+    /// A tree as a checkpoint had it.
+    pub fn restore(max: usize, procs: impl IntoIterator<Item = Process>, overflow: u64) -> Self {
+        Self {
+            procs: procs.into_iter().map(|p| (p.tgid, p)).collect(),
+            max,
+            overflow,
+        }
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Process> {
         self.procs.values()
     }

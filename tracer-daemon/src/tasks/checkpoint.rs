@@ -1,0 +1,237 @@
+//! A task's state to and from the spool's `TaskState` (proto/spool.proto),
+//! so that a restarted daemon continues a running task from its last
+//! checkpoint instead of from nothing.
+
+use roar_node_common::event::EventKind;
+
+use super::{
+    Task, TaskLimits, TaskStats,
+    files::{FileState, FileTable, Input, Output},
+    process::{Process, ProcessTree},
+};
+use crate::{events::FilePath, proto as pb};
+
+pub fn to_state(task: &Task) -> pb::TaskState {
+    pb::TaskState {
+        processes: task.processes.iter().map(process_to).collect(),
+        files: task
+            .files
+            .iter()
+            .map(|(path, f)| file_to(path, f))
+            .collect(),
+        processes_overflow: task.processes.overflow,
+        files_overflow: task.files.overflow,
+        events_by_kind: task.stats.events.to_vec(),
+        input_hash_deferred: task.stats.input_hash_deferred,
+        first_ns: task.first_ns,
+        last_ns: task.last_ns,
+    }
+}
+
+/// The task a checkpoint describes, under `key`, with today's caps.
+pub fn from_state(key: u64, limits: TaskLimits, s: &pb::TaskState) -> Task {
+    let mut events = [0u64; EventKind::COUNT];
+    for (slot, v) in events.iter_mut().zip(&s.events_by_kind) {
+        *slot = *v;
+    }
+    Task {
+        key,
+        processes: ProcessTree::restore(
+            limits.max_processes,
+            s.processes.iter().map(process_from),
+            s.processes_overflow,
+        ),
+        files: FileTable::restore(
+            limits.max_files,
+            s.files.iter().map(file_from),
+            s.files_overflow,
+        ),
+        stats: TaskStats {
+            events,
+            input_hash_deferred: s.input_hash_deferred,
+        },
+        first_ns: s.first_ns,
+        last_ns: s.last_ns,
+    }
+}
+
+fn path_to(p: &FilePath) -> pb::Path {
+    pb::Path {
+        bytes: p.bytes.clone(),
+        inexact: p.inexact.into(),
+    }
+}
+
+fn path_from(p: &pb::Path) -> FilePath {
+    FilePath {
+        bytes: p.bytes.clone(),
+        inexact: p.inexact as u16,
+    }
+}
+
+fn process_to(p: &Process) -> pb::Process {
+    pb::Process {
+        tgid: p.tgid,
+        ppid: p.ppid,
+        argv: p.argv.clone(),
+        first_argv: p.first_argv.clone().map(|args| pb::Argv { args }),
+        argv_truncated: p.argv_truncated,
+        argv_total_len: p.argv_total_len,
+        exe: p.exe.as_ref().map(path_to),
+        execs: p.execs,
+        threads: p.threads,
+        start_ns: p.start_ns,
+        end_ns: p.end_ns,
+        exit_status: p.exit_status,
+        mnt_ns: p.mnt_ns,
+        uid: p.uid,
+    }
+}
+
+fn process_from(p: &pb::Process) -> Process {
+    Process {
+        tgid: p.tgid,
+        ppid: p.ppid,
+        argv: p.argv.clone(),
+        first_argv: p.first_argv.clone().map(|a| a.args),
+        argv_truncated: p.argv_truncated,
+        argv_total_len: p.argv_total_len,
+        exe: p.exe.as_ref().map(path_from),
+        execs: p.execs,
+        threads: p.threads,
+        start_ns: p.start_ns,
+        end_ns: p.end_ns,
+        exit_status: p.exit_status,
+        mnt_ns: p.mnt_ns,
+        uid: p.uid,
+    }
+}
+
+fn file_to(path: &[u8], f: &FileState) -> pb::FileState {
+    pb::FileState {
+        path: path.to_vec(),
+        input: f.input.as_ref().map(|i| pb::FileInput {
+            time_ns: i.time_ns,
+            dev: i.dev,
+            ino: i.ino,
+            size: i.size,
+        }),
+        output: f.output.as_ref().map(|o| pb::FileOutput {
+            time_ns: o.time_ns,
+            created: o.created,
+            truncated: o.truncated,
+            renamed_from: o.renamed_from.clone(),
+        }),
+        removed: f.removed,
+        inexact: f.inexact.into(),
+        mnt_ns: f.mnt_ns,
+    }
+}
+
+fn file_from(f: &pb::FileState) -> (Vec<u8>, FileState) {
+    (
+        f.path.clone(),
+        FileState {
+            input: f.input.as_ref().map(|i| Input {
+                time_ns: i.time_ns,
+                dev: i.dev,
+                ino: i.ino,
+                size: i.size,
+            }),
+            output: f.output.as_ref().map(|o| Output {
+                time_ns: o.time_ns,
+                created: o.created,
+                truncated: o.truncated,
+                renamed_from: o.renamed_from.clone(),
+            }),
+            removed: f.removed,
+            inexact: f.inexact as u16,
+            mnt_ns: f.mnt_ns,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::events::{Body, Event, Exec, Open};
+
+    fn ev(time_ns: u64, tgid: u32, body: Body) -> Event {
+        Event {
+            task: 1,
+            time_ns,
+            tgid,
+            pid: tgid,
+            body,
+        }
+    }
+
+    /// A task through the spool's bytes and back is the same task, and
+    /// goes on taking events.
+    #[test]
+    fn round_trip_through_protobuf() {
+        let mut t = Task::new(1, TaskLimits::default());
+        t.processes.fork(1, 10, false, 1);
+        t.apply(&ev(
+            2,
+            10,
+            Body::Exec(Exec {
+                ppid: 1,
+                exe: FilePath {
+                    bytes: b"/bin/sh".to_vec(),
+                    inexact: 0,
+                },
+                argv: vec![b"sh".to_vec(), b"-c".to_vec(), vec![0xff, b'x']],
+                argv_truncated: true,
+                argv_unreadable: false,
+                argv_total_len: 1 << 20,
+                mnt_ns: 4026531841,
+                uid: 0,
+                own_cgroup: 0,
+            }),
+        ));
+        for (i, (path, write)) in [(b"/in".as_slice(), false), (b"/out\xfe", true)]
+            .into_iter()
+            .enumerate()
+        {
+            t.apply(&ev(
+                3 + i as u64,
+                10,
+                Body::Open(Open {
+                    path: FilePath {
+                        bytes: path.to_vec(),
+                        inexact: 0,
+                    },
+                    read: !write,
+                    write,
+                    created: write,
+                    truncated: false,
+                    dev: 8,
+                    ino: 100 + i as u64,
+                    generation: 0,
+                    size: 42,
+                    syscall: 257,
+                }),
+            ));
+        }
+        let bytes = to_state(&t).encode_to_vec();
+        let back = from_state(
+            1,
+            TaskLimits::default(),
+            &pb::TaskState::decode(&*bytes).unwrap(),
+        );
+        assert_eq!(
+            back.processes.iter().collect::<Vec<_>>(),
+            t.processes.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            back.files.iter().collect::<Vec<_>>(),
+            t.files.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(back.stats, t.stats);
+        assert_eq!((back.first_ns, back.last_ns), (t.first_ns, t.last_ns));
+        assert_eq!(back.files.len(), 2);
+    }
+}
