@@ -286,7 +286,7 @@ fn kill_restart_and_api_server_outage() {
                      "annotations": {"roar-node/trace": "true"}},
         "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
                  "containers": [{"name": "main", "image": OSMO_IMAGE, "imagePullPolicy": "Never",
-                                 "command": ["/bin/sh", "-c", "echo quick > /tmp/q.txt"]}]},
+                                 "command": ["/bin/sh", "-c", "mkdir -p /work && echo quick > /work/q.txt"]}]},
     });
     create(&kc, &quick);
     let quick_uid = uid_of(&wait_pod_done(&kc, &ns, "quick", Duration::from_secs(90)));
@@ -310,7 +310,11 @@ fn kill_restart_and_api_server_outage() {
 
     // The refused record: delivered by the new daemon, exactly once.
     let q = one_record(&quick_uid, Duration::from_secs(60));
-    assert_eq!(write_hash(&q, "/tmp/q.txt"), Some(blake3_bytes(b"quick\n")));
+    assert_eq!(q["exit_code"], 0);
+    assert_eq!(
+        write_hash(&q, "/work/q.txt"),
+        Some(blake3_bytes(b"quick\n"))
+    );
     assert_eq!(q["backend_metadata"]["capture"]["partial"], false);
     // The running task: traced again at once; its record is partial, with
     // the gap, and has what it did after the restart.

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's developer workflows.
 
 mod bench;
+mod bench_flood;
 mod cluster;
 mod demo;
 mod fuzz;
@@ -32,6 +33,9 @@ enum Command {
     /// Overhead against the plain run and roar's own tracers, the full
     /// record path, throughput and loss, memory (as root).
     Bench(bench::Args),
+    /// One pod flooding opens against small pods on the local cluster:
+    /// their record delay and loss, the daemon's peak memory (as root).
+    BenchFlood(bench_flood::Args),
     /// Run the cargo-fuzz targets for a while each (10 min by default).
     Fuzz(fuzz::Args),
     /// Write an OCI image tarball (no Docker): the release roar-node and
@@ -55,6 +59,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Test(a) => test::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchFlood(a) => bench_flood::run(a),
         Command::Fuzz(a) => fuzz::run(a),
         Command::Image(a) => image::run(a),
         Command::Cluster(a) => cluster::run(a),

@@ -433,8 +433,18 @@ impl Attributor {
     /// (or is dropped) when its pod is known.
     pub fn resume(&mut self, id: u64) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.container_cgroup(id).is_none() || self.states.contains_key(&id) {
+        if self.container_cgroup(id).is_none() {
             return out;
+        }
+        match self.states.get(&id) {
+            None => {}
+            // Found by the start-up walk, waiting for its pod outside the
+            // filter: into the filter now.
+            Some(CgState::Pending { in_filter: false }) => {
+                self.states.remove(&id);
+                self.stats.waiting = self.stats.waiting.saturating_sub(1);
+            }
+            Some(_) => return out,
         }
         out.push(Action::TraceContainer(id));
         self.set_pending(id, true, &mut out);
@@ -713,6 +723,35 @@ mod tests {
             "{:?}",
             names(&acts)
         );
+    }
+
+    /// A container a previous daemon traced, found by the start-up walk:
+    /// into the filter at once, before its pod is known; it resolves as a
+    /// task that was traced all along (the spool says what is missing).
+    #[test]
+    fn resumed_after_the_walk() {
+        let p = pod();
+        let base = format!("/kubepods/besteffort/pod{}", p.uid);
+        let mut a = Attributor::new(Policy::default());
+        let now = Instant::now();
+        a.on_cgroup(&mkdir(1, &base, false), now);
+        let sandbox = "a".repeat(64);
+        a.on_cgroup(&mkdir(2, &format!("{base}/{sandbox}"), false), now);
+        let train = mkdir(3, &format!("{base}/{}", id_of(&p, "train")), false);
+        assert!(a.on_cgroup(&train, now).is_empty());
+        assert_eq!(names(&a.resume(3)), ["trace 3", "begin 3"]);
+        assert!(a.resume(3).is_empty(), "once");
+        assert!(a.resume(99).is_empty(), "unknown cgroup");
+        let acts = a.on_pod(p.clone());
+        let resolved: Vec<_> = acts
+            .iter()
+            .filter_map(|x| match x {
+                Action::Resolved(m) if m.cgroup_id == 3 => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resolved.len(), 1, "{:?}", names(&acts));
+        assert!(!resolved[0].started_before_agent);
     }
 
     #[test]
