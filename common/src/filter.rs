@@ -15,11 +15,15 @@ pub struct FilterEntry {
     /// the task: part of the repeat-suppression key, so a file name or an
     /// inode number that gets reused is reported again.
     pub epoch: u64,
-    /// Events of this task lost in the kernel (on the root's entry).
+    /// Events of this task lost in the kernel, all causes (on the root's
+    /// entry).
     pub lost: u64,
     /// `FILTER_*` flags.
     pub flags: u32,
-    pub _pad: u32,
+    /// Of `lost`, the events abandoned before they were sent because a
+    /// kernel read failed (or, never seen, the scratch buffer was missing);
+    /// the rest found the ring buffer full.
+    pub read_failed: u32,
 }
 
 /// Cgroups created below this one become task roots of their own.

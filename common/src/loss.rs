@@ -22,6 +22,15 @@ pub const OPEN_NOT_REGULAR: u32 = SCRATCH_UNAVAILABLE + 2;
 pub const FORCED_WAKEUPS: u32 = SCRATCH_UNAVAILABLE + 3;
 /// The dedup map refused an insert: the event was still sent.
 pub const DEDUP_INSERT_FAILED: u32 = SCRATCH_UNAVAILABLE + 4;
+/// An event of a traced task was abandoned before it was sent because a
+/// read of kernel memory (`bpf_probe_read_kernel`, a NULL pointer where a
+/// struct was expected, a saved syscall argument) failed. Also counted on
+/// the task's `FilterEntry` (`lost` and `read_failed`).
+pub const KERNEL_READ_FAILED: u32 = SCRATCH_UNAVAILABLE + 5;
+/// A cgroup mkdir/rmdir could not be read far enough to tell whether the
+/// cgroup is traced. Not attributable to a task and usually about a cgroup
+/// nobody traces, so not counted as a loss; it should stay zero.
+pub const CGROUP_READ_FAILED: u32 = SCRATCH_UNAVAILABLE + 6;
 
 /// Size of the `STATS` array.
 pub const STATS_LEN: u32 = SCRATCH_UNAVAILABLE + 8;
@@ -46,11 +55,59 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
         OPEN_NOT_REGULAR => "open_not_regular_file",
         FORCED_WAKEUPS => "ringbuf_forced_wakeups",
         DEDUP_INSERT_FAILED => "dedup_insert_failed",
+        KERNEL_READ_FAILED => "lost_kernel_read_failed",
+        CGROUP_READ_FAILED => "cgroup_read_failed",
         _ => return None,
     })
 }
 
 /// Whether the counter at `index` counts lost events.
 pub const fn is_loss(index: u32) -> bool {
-    (index >= 1 && (index as usize) < EventKind::COUNT) || index == SCRATCH_UNAVAILABLE
+    (index >= 1 && (index as usize) < EventKind::COUNT)
+        || index == SCRATCH_UNAVAILABLE
+        || index == KERNEL_READ_FAILED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_fits_in_stats_and_has_one_name() {
+        let named = [
+            SCRATCH_UNAVAILABLE,
+            OPEN_REPEAT_SUPPRESSED,
+            OPEN_NOT_REGULAR,
+            FORCED_WAKEUPS,
+            DEDUP_INSERT_FAILED,
+            KERNEL_READ_FAILED,
+            CGROUP_READ_FAILED,
+        ];
+        for (i, a) in named.iter().enumerate() {
+            assert!(*a < STATS_LEN, "counter {a} is outside STATS");
+            assert!(stat_name(*a).is_some(), "counter {a} has no name");
+            for b in &named[i + 1..] {
+                assert_ne!(a, b);
+                assert_ne!(stat_name(*a), stat_name(*b));
+            }
+        }
+        for k in EventKind::ALL {
+            assert!(ringbuf_full(k) < SCRATCH_UNAVAILABLE);
+        }
+    }
+
+    #[test]
+    fn kernel_read_failures_are_losses() {
+        assert_eq!(
+            stat_name(KERNEL_READ_FAILED),
+            Some("lost_kernel_read_failed")
+        );
+        assert!(is_loss(KERNEL_READ_FAILED));
+        assert!(is_loss(SCRATCH_UNAVAILABLE));
+        // Not attributable to a traced task: named, not a loss.
+        assert_eq!(stat_name(CGROUP_READ_FAILED), Some("cgroup_read_failed"));
+        assert!(!is_loss(CGROUP_READ_FAILED));
+        assert!(!is_loss(OPEN_REPEAT_SUPPRESSED));
+        assert!(!is_loss(DEDUP_INSERT_FAILED));
+    }
 }

@@ -25,6 +25,14 @@ fn shell_redirection_is_captured() {
     assert_eq!(t.read_paths(), vec![w.s("a")]);
     assert_eq!(t.write_paths(), vec![w.s("b")]);
     assert_eq!(t.lost(), 0);
+    let capture = &t.md()["capture"];
+    assert_eq!(capture["lost_by_cause"]["kernel_read_failed"], 0);
+    assert_eq!(capture["partial"], false);
+    let counters = &t.md()["kernel_counters"];
+    assert!(
+        counters.get("lost_kernel_read_failed").is_none(),
+        "{counters}"
+    );
 }
 
 #[test]

@@ -81,6 +81,7 @@ fn ring_buffer_overflow_is_counted_in_the_record() {
     );
     let capture = &t.md()["capture"];
     assert_eq!(capture["lost_by_cause"]["kernel_ring_buffer_full"], lost);
+    assert_eq!(capture["lost_by_cause"]["kernel_read_failed"], 0);
     assert_eq!(capture["partial"], true);
     assert!(
         t.md()["kernel_counters"]["lost_ringbuf_full_open"]

@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
-use roar_node_common::event::EventKind;
+use roar_node_common::{event::EventKind, filter::FilterEntry};
 
 use crate::{
     events::{Body, Event, parse},
@@ -45,15 +45,17 @@ pub struct Finished {
 
 impl Finished {
     /// What the record builder needs: this state, the task's identity, and
-    /// the events the kernel lost for it.
-    pub fn into_task(self, identity: TaskIdentity, lost_in_kernel: u64) -> FinishedTask {
+    /// the events the kernel lost for it (its last filter entry).
+    pub fn into_task(self, identity: TaskIdentity, kernel: Option<FilterEntry>) -> FinishedTask {
+        let kernel = kernel.unwrap_or_default();
         FinishedTask {
             task: self.task,
             identity,
             input_hashes: self.input_hashes,
             namespaces: self.namespaces,
             capture: CaptureFacts {
-                lost_in_kernel,
+                lost_in_kernel: kernel.lost,
+                read_failed_in_kernel: kernel.read_failed.into(),
                 decode_errors: self.undecodable_during,
                 partial: None,
             },

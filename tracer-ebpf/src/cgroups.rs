@@ -12,7 +12,7 @@ use roar_node_common::{
 };
 
 use crate::{
-    emit::{header, put, scratch, submit},
+    emit::{abandoned, header, put, scratch, submit},
     kernel::{read, read_ptr},
     maps::{TRACED, global},
 };
@@ -54,7 +54,10 @@ fn cgroup(cgrp: u64) -> Result<Cgroup, i64> {
     })
 }
 
-/// cgroup_mkdir(struct cgroup *cgrp, const char *path)
+/// cgroup_mkdir(struct cgroup *cgrp, const char *path). An error is a
+/// failed read before the cgroup was known to be traced or not (counted
+/// by the caller as `CGROUP_READ_FAILED`); once it is known, `emit`
+/// counts its own failure on the task.
 pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if !is_v2(ctx.arg(0))? {
         return Ok(());
@@ -81,10 +84,12 @@ pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
             root = entry.root;
         }
     }
-    emit(ctx, EventKind::CgroupMkdir, cg, flags, root)
+    emit(ctx, EventKind::CgroupMkdir, cg, flags, root);
+    Ok(())
 }
 
-/// cgroup_rmdir(struct cgroup *cgrp, const char *path)
+/// cgroup_rmdir(struct cgroup *cgrp, const char *path); errors as for
+/// `try_mkdir`.
 pub fn try_rmdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if !is_v2(ctx.arg(0))? {
         return Ok(());
@@ -99,19 +104,24 @@ pub fn try_rmdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
             let _ = TRACED.remove(cg.id);
         }
     }
-    emit(ctx, EventKind::CgroupRmdir, cg, 0, root)
+    emit(ctx, EventKind::CgroupRmdir, cg, 0, root);
+    Ok(())
 }
 
+/// Sends the event, attributed to task `root` (0: none); a failure is
+/// counted here, on the task when there is one.
 #[inline(always)]
-fn emit(
-    ctx: &BtfTracePointContext,
-    kind: EventKind,
-    cg: Cgroup,
-    mut flags: u32,
-    root: u64,
-) -> Result<(), i64> {
+fn emit(ctx: &BtfTracePointContext, kind: EventKind, cg: Cgroup, mut flags: u32, root: u64) {
+    let task = if root != 0 {
+        TRACED.get_ptr_mut(root).unwrap_or(core::ptr::null_mut())
+    } else {
+        core::ptr::null_mut()
+    };
     let path: u64 = ctx.arg(1);
-    let buf = scratch()?;
+    let buf = match scratch() {
+        Ok(buf) => buf,
+        Err(e) => return abandoned(task, e),
+    };
     let n = unsafe {
         bpf_probe_read_kernel_str(
             buf.add(CGROUP_TAIL).cast::<c_void>(),
@@ -136,11 +146,5 @@ fn emit(
             _pad: 0,
         },
     );
-    let task = if root != 0 {
-        TRACED.get_ptr_mut(root).unwrap_or(core::ptr::null_mut())
-    } else {
-        core::ptr::null_mut()
-    };
     submit(buf, CGROUP_TAIL + len, kind, task);
-    Ok(())
 }

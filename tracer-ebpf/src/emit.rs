@@ -8,21 +8,43 @@ use roar_node_common::{
     loss,
 };
 
-use crate::maps::{EVENTS, SCRATCH, atomic_add, count, global};
+use crate::maps::{EVENTS, SCRATCH, atomic_add, atomic_add32, count, global};
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// The scratch buffer of this CPU.
+/// The error `scratch` returns. No helper returns it, so `abandoned` can
+/// tell it from a failed kernel read.
+pub const NO_SCRATCH: i64 = i64::MIN;
+
+/// The scratch buffer of this CPU. Its absence is counted by `abandoned`,
+/// where the error ends up.
 #[inline(always)]
 pub fn scratch() -> Result<*mut u8, i64> {
     match SCRATCH.get_ptr_mut(0) {
         Some(p) => Ok(p.cast::<u8>()),
-        None => {
-            count(loss::SCRATCH_UNAVAILABLE);
-            Err(-12)
-        }
+        None => Err(NO_SCRATCH),
+    }
+}
+
+/// An event given up before it was sent, with the error that stopped it:
+/// every program's single exit for errors, reached only once the task was
+/// known to be traced (`task`: its root entry, or NULL when it is not
+/// known, as for an untraced cgroup's lifecycle event). Counted per cause
+/// in `STATS` and on the task's entry (`lost`, and `read_failed`), like a
+/// full ring buffer, so the loss reaches the task's record. Costs nothing
+/// on success: callers hold the entry already.
+#[inline(always)]
+pub fn abandoned(task: *mut FilterEntry, err: i64) {
+    count(if err == NO_SCRATCH {
+        loss::SCRATCH_UNAVAILABLE
+    } else {
+        loss::KERNEL_READ_FAILED
+    });
+    if !task.is_null() {
+        atomic_add(unsafe { &raw mut (*task).lost }, 1);
+        atomic_add32(unsafe { &raw mut (*task).read_failed }, 1);
     }
 }
 

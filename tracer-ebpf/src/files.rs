@@ -43,19 +43,27 @@ const UNLINK_TAIL: usize = size_of::<EventHeader>() + size_of::<UnlinkData>();
 const TP_NR: usize = 8;
 const TP_RET: usize = 16;
 
-/// Attached only to the exits of the syscalls below (one tracepoint each),
-/// so the kernel never runs it for reads, writes, closes or anything else.
-pub fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
+/// The exit of a successful call by a traced task: the task and the
+/// syscall's number and return value. `None` for anything else; nothing
+/// here can fail, so an untraced task costs two context loads and the
+/// filter lookup.
+#[inline(always)]
+pub fn traced_exit(ctx: &TracePointContext) -> Option<(Traced, u32, u64)> {
     let base = ctx.as_ptr() as *const u8;
     // Direct context loads: no helper call on the hot path.
     let ret = unsafe { *(base.add(TP_RET) as *const i64) };
     if ret < 0 {
-        return Ok(());
+        return None;
     }
     let nr = unsafe { *(base.add(TP_NR) as *const i32) } as u32;
-    let Some(traced) = filter::current() else {
-        return Ok(());
-    };
+    Some((filter::current()?, nr, ret as u64))
+}
+
+/// Attached only to the exits of the syscalls below (one tracepoint each),
+/// so the kernel never runs it for reads, writes, closes or anything else.
+/// Called for traced tasks only (`traced_exit`); an error means the event
+/// was abandoned, and the caller counts it.
+pub fn try_sys_exit(traced: Traced, nr: u32, ret: u64) -> Result<(), i64> {
     // The syscall's saved user registers hold its arguments.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     match nr {

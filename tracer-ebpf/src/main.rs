@@ -31,46 +31,66 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use roar_node_common::loss;
 
 #[tracepoint]
 pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
-    match files::try_sys_exit(&ctx) {
-        Ok(()) | Err(_) => 0,
+    if let Some((t, nr, ret)) = files::traced_exit(&ctx) {
+        traced(t, files::try_sys_exit(t, nr, ret));
     }
+    0
 }
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
-    match process::try_exec(&ctx) {
-        Ok(()) | Err(_) => 0,
+    if let Some(t) = filter::current() {
+        traced(t, process::try_exec(&ctx, t));
     }
+    0
 }
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
-    match process::try_fork(&ctx) {
-        Ok(()) | Err(_) => 0,
+    if let Some(t) = filter::current() {
+        traced(t, process::try_fork(&ctx, t));
     }
+    0
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
-    match process::try_exit(&ctx) {
-        Ok(()) | Err(_) => 0,
+    if process::group_dead(&ctx)
+        && let Some(t) = filter::current()
+    {
+        traced(t, process::try_exit(&ctx, t));
     }
+    0
 }
 
 #[btf_tracepoint(function = "cgroup_mkdir")]
 pub fn cgroup_mkdir(ctx: BtfTracePointContext) -> i32 {
-    match cgroups::try_mkdir(&ctx) {
-        Ok(()) | Err(_) => 0,
+    if cgroups::try_mkdir(&ctx).is_err() {
+        maps::count(loss::CGROUP_READ_FAILED);
     }
+    0
 }
 
 #[btf_tracepoint(function = "cgroup_rmdir")]
 pub fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
-    match cgroups::try_rmdir(&ctx) {
-        Ok(()) | Err(_) => 0,
+    if cgroups::try_rmdir(&ctx).is_err() {
+        maps::count(loss::CGROUP_READ_FAILED);
+    }
+    0
+}
+
+/// The one exit of a traced task's handler: an error there is an event
+/// given up (a kernel read failed after the filter let the task through),
+/// never silently: counted globally and on the task, so its record shows
+/// the loss and is marked partial.
+#[inline(always)]
+fn traced(t: filter::Traced, result: Result<(), i64>) {
+    if let Err(e) = result {
+        emit::abandoned(t.entry, e);
     }
 }
 

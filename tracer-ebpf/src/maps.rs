@@ -58,6 +58,22 @@ pub fn count(index: u32) {
     }
 }
 
+/// Atomically adds to a u32 in a map value shared by all CPUs.
+#[inline(always)]
+pub fn atomic_add32(p: *mut u32, v: u32) {
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        core::sync::atomic::AtomicU32::from_ptr(p)
+            .fetch_add(v, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Atomically adds to a u64 in a map value shared by all CPUs.
 #[inline(always)]
 pub fn atomic_add(p: *mut u64, v: u64) {

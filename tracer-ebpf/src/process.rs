@@ -17,7 +17,7 @@ use roar_node_common::{
 
 use crate::{
     emit::{header, put, scratch, submit},
-    filter,
+    filter::Traced,
     kernel::*,
     maps::global,
     path::walk,
@@ -29,10 +29,8 @@ const EXEC_TAIL: usize = size_of::<EventHeader>() + size_of::<ExecData>();
 const ARGV_OFFSET_MASK: usize = 0x1fff;
 
 /// sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
-pub fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
-    let Some(t) = filter::current() else {
-        return Ok(());
-    };
+/// For a traced task; an error means the event was abandoned.
+pub fn try_exec(ctx: &BtfTracePointContext, t: Traced) -> Result<(), i64> {
     let task: u64 = ctx.arg(0);
     let bprm: u64 = ctx.arg(2);
     let buf = scratch()?;
@@ -115,10 +113,8 @@ pub fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
 /// sched_process_fork(struct task_struct *parent, struct task_struct *child),
 /// run by the parent.
-pub fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
-    let Some(t) = filter::current() else {
-        return Ok(());
-    };
+/// For a traced task; an error means the event was abandoned.
+pub fn try_fork(ctx: &BtfTracePointContext, t: Traced) -> Result<(), i64> {
     let child: u64 = ctx.arg(1);
     let child_tgid: u32 = read(child, global!(KERNEL.task_tgid))?;
     let child_pid: u32 = read(child, global!(KERNEL.task_pid))?;
@@ -150,14 +146,15 @@ pub fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
 /// sched_process_exit(struct task_struct *p, bool group_dead), run by the
 /// exiting thread before its files and cgroup are released. Only the last
 /// thread of a process is reported: the process tree is made of processes.
-pub fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i64> {
+#[inline(always)]
+pub fn group_dead(ctx: &BtfTracePointContext) -> bool {
     let group_dead: u64 = ctx.arg(1);
-    if group_dead & 0xff == 0 {
-        return Ok(());
-    }
-    let Some(t) = filter::current() else {
-        return Ok(());
-    };
+    group_dead & 0xff != 0
+}
+
+/// For the last thread (`group_dead`) of a traced task; an error means the
+/// event was abandoned.
+pub fn try_exit(ctx: &BtfTracePointContext, t: Traced) -> Result<(), i64> {
     let task: u64 = ctx.arg(0);
     let exit_code: u32 = read(task, global!(KERNEL.task_exit_code))?;
     let buf = scratch()?;

@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz`: the cargo-fuzz targets in fuzz/ (event decoder,
-//! cgroup path parser, path encoding), each for a fixed time, starting from
+//! cgroup path parser, path encoding, opt-in policy), each for a fixed time, starting from
 //! the corpus committed in fuzz/corpus. Fails on the first crash, leaving
 //! the input in fuzz/artifacts/<target>/.
 
@@ -9,7 +9,7 @@ use anyhow::bail;
 
 use crate::util::{self, root};
 
-pub const TARGETS: &[&str] = &["event_decoder", "cgroup_path", "path_encoding"];
+pub const TARGETS: &[&str] = &["event_decoder", "cgroup_path", "path_encoding", "policy"];
 
 #[derive(clap::Args)]
 pub struct Args {

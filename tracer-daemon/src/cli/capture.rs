@@ -63,3 +63,18 @@ pub fn kernel_counters(stats: &KernelStats) -> Value {
             .collect::<BTreeMap<_, _>>()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use roar_node_common::loss;
+
+    use super::*;
+
+    #[test]
+    fn kernel_counters_name_kernel_read_failures() {
+        let mut counters = vec![0; loss::STATS_LEN as usize];
+        counters[loss::KERNEL_READ_FAILED as usize] = 2;
+        let v = kernel_counters(&KernelStats { counters });
+        assert_eq!(v, json!({"lost_kernel_read_failed": 2}));
+    }
+}

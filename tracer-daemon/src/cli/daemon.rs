@@ -1149,7 +1149,6 @@ impl State {
     /// task was and its exit code.
     fn close(&mut self, id: u64, partial: Option<String>) -> Option<oneshot::Sender<Final>> {
         let entry = self.probes.traced.untrace(id);
-        let lost_in_kernel = entry.map(|e| e.lost).unwrap_or(0);
         let finished = self.engine.finish(id)?;
         let first_ns = finished.task.first_ns.unwrap_or(0);
         let events = finished.task.stats.total_events();
@@ -1190,7 +1189,7 @@ impl State {
                 clock: Clock::new(),
                 host: node.clone(),
             };
-            let mut record = builder.build(finished.into_task(identity, lost_in_kernel));
+            let mut record = builder.build(finished.into_task(identity, entry));
             let fin = rx.blocking_recv();
             let (meta, pod, exit_code) = match fin {
                 Ok(Final::Write {

@@ -203,7 +203,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         engine.handle(b);
     });
     let entry = probes.traced.untrace(cg.id);
-    let lost_in_kernel = entry.map(|e| e.lost).unwrap_or(0);
     let kernel_stats = probes.stats.read();
     let finished = engine.finish(cg.id).context("task state vanished")?;
     let _ = cg.remove();
@@ -243,7 +242,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         clock: Clock::new(),
         host,
     };
-    let mut record = builder.build(finished.into_task(identity, lost_in_kernel));
+    let mut record = builder.build(finished.into_task(identity, entry));
     record.bundle.pod = format!("run-{}", record.fragment.job_uid);
     record.bundle.container = argv0;
     record.bundle.attempt = "0".into();

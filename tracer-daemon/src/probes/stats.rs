@@ -62,3 +62,23 @@ impl StatsReader {
         KernelStats { counters }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_read_failures_are_named_and_lost() {
+        let mut counters = vec![0; loss::STATS_LEN as usize];
+        counters[loss::KERNEL_READ_FAILED as usize] = 3;
+        counters[loss::CGROUP_READ_FAILED as usize] = 5;
+        counters[loss::OPEN_REPEAT_SUPPRESSED as usize] = 11;
+        let stats = KernelStats { counters };
+        let named = stats.named();
+        assert!(named.contains(&("lost_kernel_read_failed", 3)), "{named:?}");
+        assert!(named.contains(&("cgroup_read_failed", 5)), "{named:?}");
+        // Only the kernel read failures are lost events.
+        assert_eq!(stats.lost(), 3);
+        assert_eq!(stats.get(loss::KERNEL_READ_FAILED), 3);
+    }
+}

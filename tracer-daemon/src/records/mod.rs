@@ -95,8 +95,12 @@ pub struct TaskIdentity {
 /// Capture facts from outside the task state.
 #[derive(Clone, Debug, Default)]
 pub struct CaptureFacts {
-    /// Events of this task the kernel could not send (ring buffer full).
+    /// Events of this task the kernel could not send, all causes (its
+    /// filter entry's `lost`).
     pub lost_in_kernel: u64,
+    /// Of those, the events abandoned because a kernel read failed (its
+    /// filter entry's `read_failed`); the rest found the ring buffer full.
+    pub read_failed_in_kernel: u64,
     /// Records of this task rejected by the decoder.
     pub decode_errors: u64,
     /// Why the capture is incomplete, if it is.
@@ -111,6 +115,18 @@ pub struct FinishedTask {
     pub input_hashes: HashMap<Vec<u8>, Arc<HashSlot>>,
     pub namespaces: Namespaces,
     pub capture: CaptureFacts,
+}
+
+impl CaptureFacts {
+    /// Every lost event of the task, once, by cause.
+    pub fn lost_by_cause(&self) -> Value {
+        let read_failed = self.read_failed_in_kernel.min(self.lost_in_kernel);
+        json!({
+            "kernel_ring_buffer_full": self.lost_in_kernel - read_failed,
+            "kernel_read_failed": read_failed,
+            "undecodable": self.decode_errors,
+        })
+    }
 }
 
 /// A record ready for a sink, and the figures for a summary line.
@@ -358,10 +374,7 @@ impl RecordBuilder<'_> {
                 "events": events,
                 "events_by_kind": by_kind,
                 "events_lost": lost,
-                "lost_by_cause": {
-                    "kernel_ring_buffer_full": capture.lost_in_kernel,
-                    "undecodable": capture.decode_errors,
-                },
+                "lost_by_cause": capture.lost_by_cause(),
                 "files_over_cap": task.files.overflow,
                 "processes_over_cap": task.processes.overflow,
                 "input_hash_deferred": task.stats.input_hash_deferred,
@@ -453,4 +466,30 @@ pub fn job_uid(task_id: &str, node: &str, start_ns: u64) -> String {
     h.update(node.as_bytes());
     h.update(&start_ns.to_le_bytes());
     h.finalize().to_hex()[..8].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_losses_are_split_by_cause_and_add_up() {
+        let facts = CaptureFacts {
+            lost_in_kernel: 7,
+            read_failed_in_kernel: 2,
+            decode_errors: 1,
+            partial: None,
+        };
+        let by_cause = facts.lost_by_cause();
+        assert_eq!(by_cause["kernel_ring_buffer_full"], 5);
+        assert_eq!(by_cause["kernel_read_failed"], 2);
+        assert_eq!(by_cause["undecodable"], 1);
+        let sum: u64 = by_cause
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, facts.lost_in_kernel + facts.decode_errors);
+    }
 }
