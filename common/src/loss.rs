@@ -32,6 +32,12 @@ pub const KERNEL_READ_FAILED: u32 = SCRATCH_UNAVAILABLE + 5;
 /// nobody traces, so not counted as a loss; it should stay zero.
 pub const CGROUP_READ_FAILED: u32 = SCRATCH_UNAVAILABLE + 6;
 
+/// A new cgroup below a traced one could not be added to the trace filter
+/// (the map is full): the processes in it are not traced. Its task's
+/// record (if it is a task's sub-cgroup) counts the loss; a new container
+/// is retried from userspace and recorded as partial.
+pub const FILTER_INSERT_FAILED: u32 = SCRATCH_UNAVAILABLE + 7;
+
 /// Size of the `STATS` array.
 pub const STATS_LEN: u32 = SCRATCH_UNAVAILABLE + 8;
 
@@ -57,6 +63,7 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
         DEDUP_INSERT_FAILED => "dedup_insert_failed",
         KERNEL_READ_FAILED => "lost_kernel_read_failed",
         CGROUP_READ_FAILED => "cgroup_read_failed",
+        FILTER_INSERT_FAILED => "lost_filter_full",
         _ => return None,
     })
 }
@@ -66,6 +73,7 @@ pub const fn is_loss(index: u32) -> bool {
     (index >= 1 && (index as usize) < EventKind::COUNT)
         || index == SCRATCH_UNAVAILABLE
         || index == KERNEL_READ_FAILED
+        || index == FILTER_INSERT_FAILED
 }
 
 #[cfg(test)]

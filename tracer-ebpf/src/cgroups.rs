@@ -9,12 +9,13 @@ use roar_node_common::{
     event::{CGROUP_PATH_TRUNCATED, CGROUP_TRACED, CgroupData, EventHeader, EventKind},
     filter::{FILTER_CHILDREN_ARE_ROOTS, FILTER_NO_SUPPRESS, FILTER_PROPAGATED, FilterEntry},
     limits::CGROUP_PATH_MAX,
+    loss,
 };
 
 use crate::{
     emit::{abandoned, header, put, scratch, submit},
     kernel::{read, read_ptr},
-    maps::{TRACED, global},
+    maps::{TRACED, atomic_add, count, global},
 };
 
 const CGROUP_TAIL: usize = size_of::<EventHeader>() + size_of::<CgroupData>();
@@ -82,6 +83,18 @@ pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
         if TRACED.insert(cg.id, entry, BPF_NOEXIST).is_ok() {
             flags |= CGROUP_TRACED;
             root = entry.root;
+        } else if unsafe { TRACED.get(cg.id) }.is_none() {
+            // Not already there (a racing insert): the map is full and
+            // this cgroup's processes go untraced. Never silently: counted
+            // here and, for a sub-cgroup of a task, in that task's `lost`
+            // (its record is partial; the cause shows as the ring buffer's,
+            // the entry has no field of its own for it).
+            count(loss::FILTER_INSERT_FAILED);
+            if parent.flags & FILTER_CHILDREN_ARE_ROOTS == 0
+                && let Some(task) = TRACED.get_ptr_mut(parent.root)
+            {
+                atomic_add(unsafe { &raw mut (*task).lost }, 1);
+            }
         }
     }
     emit(ctx, EventKind::CgroupMkdir, cg, flags, root);
