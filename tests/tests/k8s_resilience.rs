@@ -205,7 +205,8 @@ impl ApiServer {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         assert!(argv[0].ends_with("kube-apiserver"), "{argv:?}");
-        Command::new("kill").arg(&pid).status().unwrap();
+        // Abruptly, as a crash would (SIGTERM waits for watches to end).
+        Command::new("kill").args(["-9", &pid]).status().unwrap();
         wait_until("the API server stops", Duration::from_secs(30), || {
             !Path::new(&format!("/proc/{pid}")).exists()
                 || fs::read_to_string(format!("/proc/{pid}/status"))

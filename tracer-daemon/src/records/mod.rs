@@ -377,6 +377,7 @@ impl RecordBuilder<'_> {
                 "lost_by_cause": capture.lost_by_cause(),
                 "files_over_cap": task.files.overflow,
                 "processes_over_cap": task.processes.overflow,
+                "argv_over_cap": task.processes.argv_over_cap,
                 "input_hash_deferred": task.stats.input_hash_deferred,
                 "mount_namespaces_missed": namespaces.missed,
                 "outputs_not_regular_files": not_regular,

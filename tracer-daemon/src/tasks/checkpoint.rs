@@ -20,6 +20,7 @@ pub fn to_state(task: &Task) -> pb::TaskState {
             .map(|(path, f)| file_to(path, f))
             .collect(),
         processes_overflow: task.processes.overflow,
+        argv_over_cap: task.processes.argv_over_cap,
         files_overflow: task.files.overflow,
         events_by_kind: task.stats.events.to_vec(),
         input_hash_deferred: task.stats.input_hash_deferred,
@@ -38,8 +39,10 @@ pub fn from_state(key: u64, limits: TaskLimits, s: &pb::TaskState) -> Task {
         key,
         processes: ProcessTree::restore(
             limits.max_processes,
+            limits.max_argv_bytes,
             s.processes.iter().map(process_from),
             s.processes_overflow,
+            s.argv_over_cap,
         ),
         files: FileTable::restore(
             limits.max_files,

@@ -24,6 +24,8 @@ use crate::events::{Body, Event};
 pub struct TaskLimits {
     pub max_files: usize,
     pub max_processes: usize,
+    /// argv bytes held over all the task's processes.
+    pub max_argv_bytes: u64,
 }
 
 impl Default for TaskLimits {
@@ -31,6 +33,7 @@ impl Default for TaskLimits {
         Self {
             max_files: 1_000_000,
             max_processes: 100_000,
+            max_argv_bytes: 64 << 20,
         }
     }
 }
@@ -66,7 +69,7 @@ impl Task {
     pub fn new(key: u64, limits: TaskLimits) -> Self {
         Self {
             key,
-            processes: ProcessTree::new(limits.max_processes),
+            processes: ProcessTree::with_argv_cap(limits.max_processes, limits.max_argv_bytes),
             files: FileTable::new(limits.max_files),
             stats: TaskStats::default(),
             first_ns: None,

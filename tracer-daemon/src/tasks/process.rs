@@ -58,15 +58,46 @@ pub struct ProcessTree {
     max: usize,
     /// Processes not tracked because the cap was reached.
     pub overflow: u64,
+    /// argv bytes held (each exec's, and each fork's inherited copy).
+    argv_bytes: u64,
+    max_argv_bytes: u64,
+    /// Execs and forks whose argv was not kept because the task's argv
+    /// bytes reached the cap (the process is kept, its argv is empty and
+    /// flagged truncated).
+    pub argv_over_cap: u64,
+}
+
+fn argv_len(argv: &[Vec<u8>]) -> u64 {
+    argv.iter().map(|a| a.len() as u64 + 1).sum()
 }
 
 impl ProcessTree {
     pub fn new(max: usize) -> Self {
+        Self::with_argv_cap(max, u64::MAX)
+    }
+
+    /// With a cap on the argv bytes the task may hold (a fork bomb with
+    /// 1 MiB command lines must not take the daemon's memory).
+    pub fn with_argv_cap(max: usize, max_argv_bytes: u64) -> Self {
         Self {
             procs: BTreeMap::new(),
             max,
             overflow: 0,
+            argv_bytes: 0,
+            max_argv_bytes,
+            argv_over_cap: 0,
         }
+    }
+
+    /// Takes `argv` if the cap allows, else counts it and returns nothing.
+    fn keep_argv(&mut self, argv: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
+        let n = argv_len(argv);
+        if self.argv_bytes.saturating_add(n) > self.max_argv_bytes {
+            self.argv_over_cap += 1;
+            return None;
+        }
+        self.argv_bytes += n;
+        Some(argv.to_vec())
     }
 
     pub fn get(&self, tgid: u32) -> Option<&Process> {
@@ -74,11 +105,25 @@ impl ProcessTree {
     }
 
     /// A tree as a checkpoint had it.
-    pub fn restore(max: usize, procs: impl IntoIterator<Item = Process>, overflow: u64) -> Self {
+    pub fn restore(
+        max: usize,
+        max_argv_bytes: u64,
+        procs: impl IntoIterator<Item = Process>,
+        overflow: u64,
+        argv_over_cap: u64,
+    ) -> Self {
+        let procs: BTreeMap<u32, Process> = procs.into_iter().map(|p| (p.tgid, p)).collect();
+        let argv_bytes = procs
+            .values()
+            .map(|p| argv_len(&p.argv) + p.first_argv.as_deref().map_or(0, argv_len))
+            .sum();
         Self {
-            procs: procs.into_iter().map(|p| (p.tgid, p)).collect(),
+            procs,
             max,
             overflow,
+            argv_bytes,
+            max_argv_bytes,
+            argv_over_cap,
         }
     }
 
@@ -127,12 +172,15 @@ impl ProcessTree {
         let inherited = self.procs.get(&parent).cloned();
         // A pid can be reused within one task only after its earlier owner
         // exited; the new process replaces it.
-        self.procs.remove(&child_tgid);
+        if let Some(old) = self.procs.remove(&child_tgid) {
+            self.release(&old);
+        }
+        let argv = inherited.as_ref().map(|p| self.keep_argv(&p.argv));
         if let Some(c) = self.ensure(child_tgid, time_ns) {
             c.ppid = Some(parent);
-            if let Some(p) = inherited {
-                c.argv = p.argv;
-                c.argv_truncated = p.argv_truncated;
+            if let (Some(p), Some(argv)) = (inherited, argv) {
+                c.argv_truncated = p.argv_truncated || argv.is_none();
+                c.argv = argv.unwrap_or_default();
                 c.argv_total_len = p.argv_total_len;
                 c.exe = p.exe;
                 c.mnt_ns = p.mnt_ns;
@@ -141,16 +189,34 @@ impl ProcessTree {
         }
     }
 
+    /// Gives back the argv bytes a replaced process held.
+    fn release(&mut self, p: &Process) {
+        let n = argv_len(&p.argv) + p.first_argv.as_deref().map_or(0, argv_len);
+        self.argv_bytes = self.argv_bytes.saturating_sub(n);
+    }
+
     pub fn exec(&mut self, tgid: u32, e: &Exec, time_ns: u64) {
-        if let Some(p) = self.ensure(tgid, time_ns) {
-            if p.ppid.is_none() && e.ppid != 0 {
-                p.ppid = Some(e.ppid);
-            }
-            p.argv = e.argv.clone();
-            if p.first_argv.is_none() {
-                p.first_argv = Some(e.argv.clone());
-            }
-            p.argv_truncated = e.argv_truncated || e.argv_unreadable;
+        let Some(p) = self.ensure(tgid, time_ns) else {
+            return;
+        };
+        let old = std::mem::take(&mut p.argv);
+        let first = p.first_argv.is_none();
+        self.argv_bytes = self.argv_bytes.saturating_sub(argv_len(&old));
+        let kept = self.keep_argv(&e.argv);
+        let first_kept = if first { self.keep_argv(&e.argv) } else { None };
+        let Some(p) = self.procs.get_mut(&tgid) else {
+            return;
+        };
+        if p.ppid.is_none() && e.ppid != 0 {
+            p.ppid = Some(e.ppid);
+        }
+        let over = kept.is_none();
+        p.argv = kept.unwrap_or_default();
+        if first {
+            p.first_argv = first_kept;
+        }
+        {
+            p.argv_truncated = e.argv_truncated || e.argv_unreadable || over;
             p.argv_total_len = e.argv_total_len;
             p.exe = Some(e.exe.clone());
             p.execs += 1;
@@ -191,6 +257,32 @@ mod tests {
             uid: 0,
             own_cgroup: 0,
         }
+    }
+
+    /// 1,000 processes with 1 KiB command lines against a 64 KiB cap: the
+    /// tree keeps every process, argv until the cap, then counts; bytes
+    /// given back when a pid is reused are kept again.
+    #[test]
+    fn argv_bytes_are_capped_and_counted() {
+        let big = "x".repeat(1023);
+        let mut t = ProcessTree::with_argv_cap(10_000, 64 << 10);
+        t.exec(1, &exec(&[&big]), 1);
+        for pid in 2..1002 {
+            t.fork(1, pid, false, 2);
+            t.exec(pid, &exec(&[&big]), 3);
+        }
+        assert_eq!(t.len(), 1001);
+        assert!(t.argv_bytes <= 64 << 10, "{}", t.argv_bytes);
+        assert!(t.argv_over_cap > 900, "{}", t.argv_over_cap);
+        let last = t.get(1001).unwrap();
+        assert!(last.argv.is_empty() && last.argv_truncated);
+        assert_eq!(t.get(1).unwrap().argv[0].len(), 1023);
+        // Uncapped: all kept.
+        let mut u = ProcessTree::new(10_000);
+        u.exec(1, &exec(&[&big]), 1);
+        u.fork(1, 2, false, 2);
+        assert_eq!(u.get(2).unwrap().argv[0].len(), 1023);
+        assert_eq!(u.argv_over_cap, 0);
     }
 
     #[test]
