@@ -247,11 +247,147 @@ impl ApiServer {
     }
 }
 
+/// The tests of this file take the daemon down or change its policy: one
+/// at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sets the policy ConfigMap and makes the kubelet refresh the daemon's
+/// mounted copy now (a pod update re-processes its volumes; otherwise it
+/// takes up to its sync period, a minute or more).
+fn set_policy(kc: &Path, data: Value) {
+    let patch = json!({"data": data}).to_string();
+    kubectl_ok(
+        kc,
+        &[
+            "-n",
+            "roar-node",
+            "patch",
+            "configmap",
+            "roar-node-policy",
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ],
+        None,
+    );
+    let stamp = format!("roar-node.test/poke={}", now() as u64);
+    kubectl_ok(
+        kc,
+        &[
+            "-n",
+            "roar-node",
+            "annotate",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=roar-node",
+            "--overwrite",
+            &stamp,
+        ],
+        None,
+    );
+}
+
+/// An invalid policy edit is reported and changes nothing; a valid one is
+/// in force at once (a namespace: its pods are traced without opting in).
+#[test]
+fn policy_configmap_reload_on_a_real_cluster() {
+    if !enabled() {
+        return;
+    }
+    let _one = serial();
+    let kc = kubeconfig();
+    let run =
+        &blake3_bytes(format!("policy{:?}{}", Instant::now(), std::process::id()).as_bytes())[..8];
+    let ns = format!("roar-pol-{run}");
+    create_namespace(&kc, &ns);
+    let before = stats();
+    let kept = before["policy"]["in_force"].as_str().unwrap().to_string();
+    let errors = before["policy"]["errors"].as_u64().unwrap();
+    let generation = before["policy"]["generation"].as_u64().unwrap();
+
+    set_policy(&kc, json!({"presets": "osmoo", "namespaces": ns}));
+    wait_until(
+        "the invalid policy is reported",
+        Duration::from_secs(120),
+        || stats()["policy"]["errors"].as_u64() > Some(errors),
+    );
+    let s = stats();
+    assert_eq!(s["policy"]["in_force"], kept.as_str(), "{s}");
+    assert_eq!(s["policy"]["generation"].as_u64(), Some(generation));
+    assert!(metric("roar_node_policy_reload_errors_total").is_some_and(|v| v >= 1.0));
+    let logs = kubectl_ok(
+        &kc,
+        &[
+            "-n",
+            "roar-node",
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=roar-node",
+            "--tail=-1",
+        ],
+        None,
+    );
+    assert!(
+        logs.contains("unknown policy preset \"osmoo\"")
+            && logs.contains("keeping the one in force"),
+        "{logs}"
+    );
+
+    set_policy(&kc, json!({"presets": "", "namespaces": ns}));
+    wait_until(
+        "the valid policy is in force",
+        Duration::from_secs(120),
+        || {
+            stats()["policy"]["in_force"]
+                .as_str()
+                .is_some_and(|p| p.contains(&ns))
+        },
+    );
+    // Not annotated: traced because of its namespace.
+    create(
+        &kc,
+        &json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "by-namespace", "namespace": ns},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": OSMO_IMAGE, "imagePullPolicy": "Never",
+                                     "command": ["/bin/sh", "-c", "mkdir -p /work && echo ns > /work/n.txt"]}]},
+        }),
+    );
+    let uid = uid_of(&wait_pod_done(
+        &kc,
+        &ns,
+        "by-namespace",
+        Duration::from_secs(90),
+    ));
+    let rec = one_record(&uid, Duration::from_secs(60));
+    assert_eq!(
+        rec["backend_metadata"]["traced_because"],
+        format!("namespace {ns}").as_str()
+    );
+    assert_eq!(write_hash(&rec, "/work/n.txt"), Some(blake3_bytes(b"ns\n")));
+    set_policy(&kc, json!({"presets": "", "namespaces": ""}));
+    wait_until("the policy is back", Duration::from_secs(120), || {
+        stats()["policy"]["in_force"]
+            .as_str()
+            .is_some_and(|p| !p.contains(&ns))
+    });
+    let _ = kubectl(&kc)
+        .args(["delete", "namespace", &ns, "--wait=false"])
+        .status();
+}
+
 #[test]
 fn kill_restart_and_api_server_outage() {
     if !enabled() {
         return;
     }
+    let _one = serial();
     let kc = kubeconfig();
     let run = &blake3_bytes(format!("{:?}{}", Instant::now(), std::process::id()).as_bytes())[..8];
     let ns = format!("roar-res-{run}");
