@@ -221,26 +221,27 @@ pub fn create_namespace(kubeconfig: &Path, ns: &str) {
         kubeconfig,
         &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
     );
+    // Not found yet is expected (the controller manager makes it; after an
+    // API server restart it takes a while to reconnect): retry.
     let t0 = Instant::now();
-    while kubectl_ok(
-        kubeconfig,
-        &[
-            "-n",
-            ns,
-            "get",
-            "sa",
-            "default",
-            "-o",
-            "jsonpath={.secrets}",
-        ],
-        None,
-    )
-    .trim()
-    .is_empty()
-    {
+    loop {
+        let out = kubectl(kubeconfig)
+            .args([
+                "-n",
+                ns,
+                "get",
+                "sa",
+                "default",
+                "-o",
+                "jsonpath={.secrets}",
+            ])
+            .output();
+        if out.is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty()) {
+            return;
+        }
         assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "no default sa in {ns}"
+            t0.elapsed() < Duration::from_secs(120),
+            "no default service account in {ns} after 120 s"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
