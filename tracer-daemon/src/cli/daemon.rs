@@ -130,6 +130,12 @@ pub struct DaemonArgs {
     /// kernel.
     #[arg(long, default_value_t = 15, env = "ROAR_NODE_STATUS_WAIT_SECS")]
     pub status_wait_secs: u64,
+    /// Pin the programs and maps here (a directory on the host's bpffs):
+    /// after a crash they stay attached, capture goes on, and the next
+    /// daemon adopts them. Removed on a normal stop. Without it, capture
+    /// stops while no daemon runs.
+    #[arg(long, env = "ROAR_NODE_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = 16 << 20, env = "ROAR_NODE_RING_BUFFER_BYTES")]
     pub ring_buffer_bytes: u32,
@@ -448,6 +454,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
 
     let opts = ProbeOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
+        pin_dir: args.pin_dir.clone(),
         ..ProbeOptions::default()
     };
     let Capture {
@@ -457,6 +464,23 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         engine,
     } = Capture::start(opts, args.host_proc.clone(), args.hash_workers)?;
     health.set_programs_attached(true);
+    if probes.adopted {
+        // Capture went on while no daemon ran: the gaps of the resumed
+        // tasks end where the dead daemon's last heartbeat was.
+        if let Some(alive) = recovered.last_alive_ns {
+            spool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .capture_continued(alive);
+        }
+        tracing::info!(pins = ?args.pin_dir, "adopted the programs a previous roar-node left attached: capture went on while it was down");
+        eprintln!(
+            "roar-node daemon: adopted the pinned programs of a previous roar-node; capture went on while it was down"
+        );
+    }
+    if let Some(e) = &probes.pin_error {
+        tracing::warn!(error = %e, "programs not pinned: after a crash, capture stops until the daemon is back");
+    }
 
     let mut attr = Attributor::new(policy);
     let t_walk = Instant::now();
@@ -682,6 +706,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     }
     // The gap of the tasks left running starts here.
     st.spool_op("heartbeat", |s| s.heartbeat());
+    // A normal stop: nothing stays attached after we exit.
+    st.probes.unpin();
     if let Some(p) = &args.stats_file {
         st.write_stats(p);
     }

@@ -1,9 +1,6 @@
 //! The kernel's trace filter, seen from userspace.
 
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapData, MapError},
-};
+use aya::maps::{HashMap, MapData, MapError};
 use roar_node_common::filter::FilterEntry;
 
 use super::ProbeError;
@@ -16,10 +13,7 @@ pub struct TracedCgroups {
 }
 
 impl TracedCgroups {
-    pub(super) fn new(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        let map = ebpf
-            .take_map("TRACED")
-            .ok_or(ProbeError::MissingMap("TRACED"))?;
+    pub(super) fn from_map(map: aya::maps::Map) -> Result<Self, ProbeError> {
         let map = HashMap::try_from(map).map_err(|source| ProbeError::Map {
             map: "TRACED",
             source,
@@ -29,10 +23,16 @@ impl TracedCgroups {
 
     /// Starts tracing `cgroup` as a task root.
     pub fn trace(&mut self, cgroup: u64, flags: u32) -> Result<(), MapError> {
-        let entry = FilterEntry {
-            root: cgroup,
-            flags,
-            ..FilterEntry::default()
+        // Already a task root (in a filter a crashed daemon left, adopted
+        // from its pin): keep its epoch and its loss count.
+        let entry = match self.get(cgroup) {
+            Some(e) if e.root == cgroup && e.flags == flags => return Ok(()),
+            Some(e) if e.root == cgroup => FilterEntry { flags, ..e },
+            _ => FilterEntry {
+                root: cgroup,
+                flags,
+                ..FilterEntry::default()
+            },
         };
         self.map.insert(cgroup, entry, BPF_ANY)
     }

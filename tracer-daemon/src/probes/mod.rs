@@ -4,6 +4,7 @@
 
 mod btf;
 mod filter;
+mod pins;
 pub mod preflight;
 mod stats;
 mod syscall_exit_layout;
@@ -12,8 +13,11 @@ use std::path::PathBuf;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, RingBuf},
-    programs::{BtfTracePoint, ProgramError, TracePoint},
+    maps::{Map, MapData, RingBuf},
+    programs::{
+        BtfTracePoint, ProgramError, TracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
 use roar_node_common::{offsets::TracerConfig, syscalls};
 
@@ -64,6 +68,9 @@ pub struct ProbeOptions {
     pub seen_entries: u32,
     /// Where the kernel's BTF is.
     pub btf_path: PathBuf,
+    /// Pin programs and maps here (a bpffs directory) and adopt a set a
+    /// crashed daemon left: capture goes on while no daemon runs.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for ProbeOptions {
@@ -73,6 +80,7 @@ impl Default for ProbeOptions {
             wakeup_bytes: 1 << 20,
             seen_entries: 256 * 1024,
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            pin_dir: None,
         }
     }
 }
@@ -95,10 +103,32 @@ const BTF_TRACEPOINTS: &[(&str, &str)] = &[
 
 /// Loaded and attached programs, and the maps userspace needs.
 pub struct Probes {
-    ebpf: Ebpf,
+    /// The loaded object: it holds the programs and links not taken out
+    /// of it (absent when adopted from pins).
+    _ebpf: Option<Ebpf>,
+    /// The ring buffer, until `take_events` (adopted: from its pin).
+    events: Option<Map>,
     pub traced: TracedCgroups,
     pub stats: StatsReader,
     pub options: ProbeOptions,
+    /// The links, held for our lifetime (pinned ones outlive us).
+    _pinned_links: Vec<PinnedLink>,
+    _links: Vec<FdLink>,
+    /// A crashed daemon's programs were found attached and adopted: what
+    /// happened while no daemon ran is in the ring buffer (or counted as
+    /// lost on its task).
+    pub adopted: bool,
+    /// Why pinning failed, if it was asked for and did.
+    pub pin_error: Option<String>,
+}
+
+/// Names of the pinned links: one per syscall exit, one per tp_btf.
+fn link_names() -> Vec<String> {
+    syscalls::TRACED_EXITS
+        .iter()
+        .map(|n| format!("{FILE_PROGRAM}-{n}"))
+        .chain(BTF_TRACEPOINTS.iter().map(|(n, _)| (*n).to_string()))
+        .collect()
 }
 
 impl Probes {
@@ -113,6 +143,25 @@ impl Probes {
                 "ring buffer size {} is not a power of two of at least 4096 bytes",
                 options.ring_buffer_bytes
             )));
+        }
+        let set_id = options
+            .pin_dir
+            .as_ref()
+            .map(|_| pins::set_id(PROGRAMS, options.ring_buffer_bytes, options.seen_entries));
+        if let (Some(dir), Some(id)) = (&options.pin_dir, &set_id)
+            && let Some(a) = pins::adopt(dir, id, &link_names())
+        {
+            return Ok(Self {
+                _ebpf: None,
+                events: Some(a.events),
+                traced: TracedCgroups::from_map(a.traced)?,
+                stats: StatsReader::from_map(a.stats)?,
+                options,
+                _pinned_links: a.links,
+                _links: Vec::new(),
+                adopted: true,
+                pin_error: None,
+            });
         }
         // Two parses of vmlinux BTF (ours for offsets, aya's for
         // relocations) are the daemon's peak memory: never hold both.
@@ -133,29 +182,66 @@ impl Probes {
             .load(PROGRAMS)?;
 
         syscall_exit_layout::check()?;
+        let pinning = options.pin_dir.is_some();
+        // Links to pin are taken out of aya's programs (ours to hold).
+        let mut links: Vec<(String, FdLink)> = Vec::new();
         let prog: &mut TracePoint = program(&mut ebpf, FILE_PROGRAM)?;
         prog.load().map_err(|e| refused(FILE_PROGRAM, e))?;
         for name in syscalls::TRACED_EXITS {
-            prog.attach("syscalls", &format!("sys_exit_{name}"))
+            let id = prog
+                .attach("syscalls", &format!("sys_exit_{name}"))
                 .map_err(|e| refused(&format!("{FILE_PROGRAM} on sys_exit_{name}"), e))?;
+            if pinning {
+                let link = prog.take_link(id).map_err(|e| refused(FILE_PROGRAM, e))?;
+                match FdLink::try_from(link) {
+                    Ok(l) => links.push((format!("{FILE_PROGRAM}-{name}"), l)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "tracepoint link cannot be pinned on this kernel")
+                    }
+                }
+            }
         }
         for (name, tp) in BTF_TRACEPOINTS {
             let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
             prog.load(tp, &btf).map_err(|e| refused(name, e))?;
-            prog.attach().map_err(|e| refused(name, e))?;
+            let id = prog.attach().map_err(|e| refused(name, e))?;
+            if pinning {
+                let link = prog.take_link(id).map_err(|e| refused(name, e))?;
+                links.push(((*name).to_string(), FdLink::from(link)));
+            }
         }
         drop(btf);
         // Hand the parsed BTF's freed heap back to the kernel: otherwise it
         // stays resident for the daemon's whole life.
         // SAFETY: malloc_trim only releases free memory.
         unsafe { libc::malloc_trim(0) };
-        let traced = TracedCgroups::new(&mut ebpf)?;
-        let stats = StatsReader::new(&mut ebpf)?;
+        let (pinned, unpinned, pin_error) = match (&options.pin_dir, &set_id) {
+            (Some(dir), Some(id)) if links.len() == link_names().len() => {
+                pins::pin(dir, id, &ebpf, links)
+            }
+            (Some(_), _) => (
+                Vec::new(),
+                links.into_iter().map(|(_, l)| l).collect(),
+                Some("not every link can be pinned on this kernel".into()),
+            ),
+            _ => (Vec::new(), Vec::new(), None),
+        };
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+        };
+        let traced = TracedCgroups::from_map(take(&mut ebpf, "TRACED")?)?;
+        let stats = StatsReader::from_map(take(&mut ebpf, "STATS")?)?;
+        let events = Some(take(&mut ebpf, "EVENTS")?);
         Ok(Self {
-            ebpf,
+            _ebpf: Some(ebpf),
+            events,
             traced,
             stats,
             options,
+            _pinned_links: pinned,
+            _links: unpinned,
+            adopted: false,
+            pin_error,
         })
     }
 
@@ -202,14 +288,19 @@ impl Probes {
 
     /// The ring buffer, for the one consumer.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let map = self.events.take().ok_or(ProbeError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| ProbeError::Map {
             map: "EVENTS",
             source,
         })
+    }
+
+    /// Removes the pins (a normal stop): the programs detach when this
+    /// process exits, and nothing stays attached after an uninstall.
+    pub fn unpin(&self) {
+        if let Some(dir) = &self.options.pin_dir {
+            pins::remove(dir);
+        }
     }
 }
 

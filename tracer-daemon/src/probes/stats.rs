@@ -1,9 +1,6 @@
 //! The kernel's per-CPU counters (losses by cause, suppressed repeats).
 
-use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuArray},
-};
+use aya::maps::{MapData, PerCpuArray};
 use roar_node_common::loss;
 
 use super::ProbeError;
@@ -44,10 +41,7 @@ impl KernelStats {
 }
 
 impl StatsReader {
-    pub(super) fn new(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
-        let map = ebpf
-            .take_map("STATS")
-            .ok_or(ProbeError::MissingMap("STATS"))?;
+    pub(super) fn from_map(map: aya::maps::Map) -> Result<Self, ProbeError> {
         let map = PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
             map: "STATS",
             source,

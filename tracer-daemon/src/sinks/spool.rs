@@ -353,6 +353,30 @@ impl Spool {
         self.append(Kind::TaskCheckpoint(c), false)
     }
 
+    /// The programs stayed attached while no daemon ran (adopted from
+    /// their pins): the restart gaps just added end at the dead daemon's
+    /// last sign of life `alive_ns`, not at the restart. What it read from
+    /// the ring buffer after its last checkpoint is all that is missing.
+    pub fn capture_continued(&mut self, alive_ns: u64) {
+        let mut changed = false;
+        for t in self.open.values_mut() {
+            let Some(g) = t.gaps.last_mut() else { continue };
+            if g.to_ns < alive_ns {
+                continue; // an older gap: this restart added none
+            }
+            changed = true;
+            if g.from_ns >= alive_ns {
+                t.gaps.pop();
+                continue;
+            }
+            g.to_ns = alive_ns;
+            g.why = "roar-node crashed; its programs stayed attached (pinned) and the next one read on: only the events it had read after its last checkpoint of this task were lost".into();
+        }
+        if changed && let Err(e) = self.compact() {
+            tracing::warn!(error = %e, "spool: cannot rewrite the gaps");
+        }
+    }
+
     /// The open task with this id (from this run or a previous one).
     pub fn open_task(&self, task_id: &str) -> Option<&pb::TaskOpened> {
         self.open.get(task_id)
@@ -585,6 +609,27 @@ mod tests {
             rec.checkpoints["a"].state.as_ref().unwrap().files_overflow,
             9
         );
+    }
+
+    /// With the programs pinned across the crash, the gap ends at the last
+    /// heartbeat; a task checkpointed after it has no gap at all.
+    #[test]
+    fn capture_continued_shrinks_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut s, _) = Spool::open(dir.path(), "n1").unwrap();
+            s.task_opened(task("a")).unwrap();
+            s.heartbeat().unwrap();
+        }
+        let (mut s, rec) = Spool::open(dir.path(), "n1").unwrap();
+        let alive = rec.last_alive_ns.unwrap();
+        assert!(s.open_task("a").unwrap().gaps[0].to_ns > alive);
+        s.capture_continued(alive);
+        let g = &s.open_task("a").unwrap().gaps[0];
+        assert_eq!((g.from_ns, g.to_ns), (1, alive));
+        assert!(g.why.contains("pinned"));
+        s.capture_continued(alive + 10);
+        assert_eq!(s.open_task("a").unwrap().gaps.len(), 1, "older gaps kept");
     }
 
     #[test]
