@@ -108,7 +108,8 @@ fn now() -> f64 {
 }
 
 /// An opted-in pod that writes `<name>.before`, waits for the file
-/// `<name>.go` in the shared directory, then writes `<name>.after`.
+/// `<name>.mid` in the shared directory, writes `<name>.during`, waits for
+/// `<name>.go`, then writes `<name>.after`.
 fn gated_pod(ns: &str, name: &str, shared: &Path) -> Value {
     json!({
         "apiVersion": "v1",
@@ -124,7 +125,9 @@ fn gated_pod(ns: &str, name: &str, shared: &Path) -> Value {
                 "imagePullPolicy": "Never",
                 "command": ["/bin/sh", "-c", format!(
                     "echo before > /gate/{name}.before; \
-                     while [ ! -e /gate/{name}.go ]; do sleep 0.2; done; \
+                     while [ ! -e /gate/{name}.mid ]; do sleep 0.1; done; \
+                     echo during > /gate/{name}.during; \
+                     while [ ! -e /gate/{name}.go ]; do sleep 0.1; done; \
                      echo after > /gate/{name}.after")],
                 "volumeMounts": [{"name": "gate", "mountPath": "/gate"}],
             }],
@@ -441,9 +444,20 @@ fn kill_restart_and_api_server_outage() {
     let old = daemon_pid().expect("the roar-node daemon runs");
     let killed_at = now();
     kill9(old);
-    fs::write(shared.join("ends.go"), "").unwrap();
+    // While no daemon runs: `long` writes, `ends` ends.
+    for f in ["long.mid", "ends.mid", "ends.go"] {
+        fs::write(shared.join(f), "").unwrap();
+    }
+    wait_until(
+        "long writes while the daemon is down",
+        Duration::from_secs(10),
+        || shared.join("long.during").exists(),
+    );
+    let down_write_at = now();
     fs::set_permissions(&bundle_dir, fs::Permissions::from_mode(0o700)).unwrap();
     wait_new_daemon(old, killed_at);
+    // It found the programs the dead daemon pinned still attached.
+    assert_eq!(stats()["probes"]["adopted"], true, "{}", stats());
 
     // The refused record: delivered by the new daemon, exactly once.
     let q = one_record(&quick_uid, Duration::from_secs(60));
@@ -459,10 +473,18 @@ fn kill_restart_and_api_server_outage() {
     let long = one_record(&long_uid, Duration::from_secs(90));
     let cap = &long["backend_metadata"]["capture"];
     assert_eq!(cap["partial"], true, "{cap}");
+    // The gap: from the last checkpoint to the dead daemon's last
+    // heartbeat (capture went on after it, through the pins).
     let gap = &cap["gaps"][0];
-    assert!(
-        gap["from"].as_f64().unwrap() < killed_at && gap["to"].as_f64().unwrap() > killed_at,
-        "{cap}"
+    let (from, to) = (gap["from"].as_f64().unwrap(), gap["to"].as_f64().unwrap());
+    assert!(from <= to && to <= killed_at + 0.5, "{cap}");
+    assert!(to < down_write_at, "{cap}");
+    // What it wrote while no daemon ran: kept in the pinned ring buffer.
+    assert_eq!(
+        write_hash(&long, "/gate/long.during"),
+        Some(blake3_bytes(b"during\n")),
+        "{}",
+        long["writes"]
     );
     assert_eq!(
         write_hash(&long, "/gate/long.after"),
@@ -523,6 +545,7 @@ fn kill_restart_and_api_server_outage() {
     assert_eq!(metric("roar_node_api_server_reachable"), Some(0.0));
     // The task works while the API server is down, under a daemon that
     // started while it was down.
+    fs::write(shared.join("outage.mid"), "").unwrap();
     fs::write(shared.join("outage.go"), "").unwrap();
     wait_until("the task ends", Duration::from_secs(30), || {
         shared.join("outage.after").exists()

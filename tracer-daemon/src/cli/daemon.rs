@@ -1312,6 +1312,11 @@ impl State {
                 "generation": self.totals.policy_generation,
                 "errors": self.totals.policy_errors,
             },
+            "probes": {
+                "adopted": self.probes.adopted,
+                "pinned": self.probes.options.pin_dir.is_some() && self.probes.pin_error.is_none(),
+                "pin_error": self.probes.pin_error,
+            },
             "api_reachable": self.api_reachable,
             "watch_healthy": self.watch_healthy,
             "watch_errors": self.totals.watch_errors,
