@@ -293,7 +293,7 @@ impl Delivery {
     ) -> Result<PathBuf, String> {
         let file = record.bundle.file_name();
         let bytes = match bundle_bytes(record) {
-            Ok(b) => b,
+            Ok(b) => bytes::Bytes::from(b),
             Err(e) => return Err(format!("encoding the record: {e}")),
         };
         let ready = pb::RecordReady {
@@ -1249,6 +1249,7 @@ impl State {
                 partial,
                 &gaps,
             );
+            let big = record.summary.reads + record.summary.writes > 10_000;
             match delivery.deliver(&task_id, &record, &fallback_dir) {
                 Ok(path) => {
                     written.fetch_add(1, Ordering::Relaxed);
@@ -1270,6 +1271,13 @@ impl State {
                     tracing::error!(task = %task_id, error = %e, "writing the record failed");
                     eprintln!("roar-node daemon: {task_id}: writing the record failed: {e}");
                 }
+            }
+            if big {
+                // A big record's buffers are freed now: give the heap back
+                // to the kernel rather than keep the peak resident.
+                drop(record);
+                // SAFETY: malloc_trim only releases free memory.
+                unsafe { libc::malloc_trim(0) };
             }
             pending.fetch_sub(1, Ordering::Relaxed);
         });

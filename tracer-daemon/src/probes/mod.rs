@@ -342,3 +342,48 @@ fn refused(name: &str, e: ProgramError) -> ProbeError {
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pinned in bpffs, the programs and the filter outlive the process
+    /// that loaded them (dropped here as a crash would: its fds closed, no
+    /// unpin); the next load adopts them, filter entries and all; a normal
+    /// stop removes the pins. Needs root and bpffs at /sys/fs/bpf.
+    #[test]
+    fn pinned_set_is_adopted_after_a_crash() {
+        let bpffs = std::path::Path::new("/sys/fs/bpf");
+        if PROGRAMS.is_empty()
+            || !nix::unistd::Uid::effective().is_root()
+            || !std::fs::read_to_string("/proc/self/mounts")
+                .is_ok_and(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf bpf ")))
+        {
+            eprintln!(
+                "skipped: needs root, the eBPF programs and bpffs at {}",
+                bpffs.display()
+            );
+            return;
+        }
+        let root = bpffs.join(format!("roar-node-test-{}", std::process::id()));
+        let opts = ProbeOptions {
+            pin_dir: Some(root.clone()),
+            ..ProbeOptions::default()
+        };
+        let mut first = Probes::load(opts.clone()).unwrap();
+        assert_eq!((first.adopted, &first.pin_error), (false, &None));
+        first.traced.trace(0xfeed, 0).unwrap();
+        drop(first);
+        assert!(root.exists());
+        let second = Probes::load(opts.clone()).unwrap();
+        assert!(second.adopted, "{:?}", second.pin_error);
+        assert_eq!(second.traced.get(0xfeed).map(|e| e.root), Some(0xfeed));
+        second.unpin();
+        assert!(!root.exists());
+        drop(second);
+        // Nothing pinned any more: a fresh load, not an adoption.
+        let third = Probes::load(opts).unwrap();
+        assert!(!third.adopted);
+        third.unpin();
+    }
+}

@@ -4,9 +4,10 @@
 //! buffer (or are counted as lost on their task when it is full) for the
 //! next daemon, which adopts them.
 //!
-//! A set is adopted only if it is complete and was made by the same eBPF
-//! object with the same map sizes on this boot (the `id` file, written
-//! last); anything else is replaced. A daemon that stops normally removes
+//! A set lives in a directory named after its id (the eBPF object, the map
+//! sizes and the boot: bpffs holds pins and directories, no plain files),
+//! and is adopted only if it is this daemon's id and complete; anything
+//! else is replaced. A daemon that stops normally removes
 //! its pins (the programs detach when it exits): an uninstalled DaemonSet
 //! leaves nothing attached.
 
@@ -24,7 +25,6 @@ use aya::{
 /// The maps userspace needs after a restart (the others stay alive
 /// through the programs that use them).
 pub const MAPS: [&str; 3] = ["EVENTS", "TRACED", "STATS"];
-const ID_FILE: &str = "id";
 
 /// What a previous daemon left attached.
 pub struct Adopted {
@@ -53,11 +53,13 @@ fn link_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("link-{name}"))
 }
 
-/// The set pinned in `dir`, if it is complete and `id`'s.
-pub fn adopt(dir: &Path, id: &str, links: &[String]) -> Option<Adopted> {
-    if fs::read_to_string(dir.join(ID_FILE)).ok()?.trim() != id {
-        return None;
-    }
+fn set_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(&id[..16.min(id.len())])
+}
+
+/// The set pinned under `root`, if it is `id`'s and complete.
+pub fn adopt(root: &Path, id: &str, links: &[String]) -> Option<Adopted> {
+    let dir = &set_dir(root, id);
     let map = |name: &str| MapData::from_pin(map_path(dir, name)).ok();
     let events = Map::RingBuf(map("EVENTS")?);
     let traced = Map::HashMap(map("TRACED")?);
@@ -74,18 +76,19 @@ pub fn adopt(dir: &Path, id: &str, links: &[String]) -> Option<Adopted> {
     })
 }
 
-/// Pins the freshly attached set in `dir` (after removing what was there:
-/// an incompatible or incomplete set, whose programs detach now that ours
-/// are attached). The id is written last: a set interrupted half-way is
+/// Pins the freshly attached set under `root` (after removing what was
+/// there: an incompatible or incomplete set, whose programs detach now
+/// that ours are attached). A set interrupted half-way is incomplete, so
 /// never adopted. Returns the links (pinned, or not if pinning failed:
 /// they must stay open either way) and the error, if any.
 pub fn pin(
-    dir: &Path,
+    root: &Path,
     id: &str,
     ebpf: &Ebpf,
     links: Vec<(String, FdLink)>,
 ) -> (Vec<PinnedLink>, Vec<FdLink>, Option<String>) {
-    remove(dir);
+    remove(root);
+    let dir = &set_dir(root, id);
     let mut pinned = Vec::new();
     let mut unpinned = Vec::new();
     let mut error = fs::create_dir_all(dir)
@@ -114,34 +117,30 @@ pub fn pin(
             Err(e) => error = Some(format!("pinning link {name} in {}: {e}", dir.display())),
         }
     }
-    if error.is_none() {
-        let tmp = dir.join(format!("{ID_FILE}.tmp"));
-        error = fs::write(&tmp, id)
-            .and_then(|()| fs::rename(&tmp, dir.join(ID_FILE)))
-            .err()
-            .map(|e| format!("{}: {e}", dir.display()));
-    }
     if error.is_some() {
-        remove(dir);
+        remove(root);
     }
     (pinned, unpinned, error)
 }
 
-/// Removes the pins in `dir` (ours only: `id`, `map-*`, `link-*`).
-pub fn remove(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+/// Removes every set under `root` (ours only: `map-*` and `link-*` pins in
+/// the sets' directories), then `root` if empty.
+pub fn remove(root: &Path) {
+    let Ok(sets) = fs::read_dir(root) else {
         return;
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name == ID_FILE
-            || name == "id.tmp"
-            || name.starts_with("map-")
-            || name.starts_with("link-")
-        {
-            let _ = fs::remove_file(e.path());
+    for set in sets.flatten() {
+        let Ok(pins) = fs::read_dir(set.path()) else {
+            continue;
+        };
+        for e in pins.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("map-") || name.starts_with("link-") {
+                let _ = fs::remove_file(e.path());
+            }
         }
+        let _ = fs::remove_dir(set.path());
     }
-    let _ = fs::remove_dir(dir);
+    let _ = fs::remove_dir(root);
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use super::{Sink, SinkError};
-use crate::records::{Record, fragment::Bundle};
+use crate::records::Record;
 
 pub struct BundleDir {
     dir: PathBuf,
@@ -96,12 +96,26 @@ impl BundleDir {
     }
 }
 
+/// Records with more files than this are written without indentation
+/// (a third smaller, and one less copy of a big record in memory).
+const PRETTY_MAX_FILES: usize = 10_000;
+
 /// A record as the bytes of its bundle file (one fragment).
 pub fn bundle_bytes(record: &Record) -> Result<Vec<u8>, SinkError> {
-    let bundle = Bundle {
-        fragments: vec![record.fragment.clone()],
+    // Borrowed: serialized as a `Bundle` of one fragment, without a copy.
+    #[derive(serde::Serialize)]
+    struct OneFragment<'a> {
+        fragments: &'a [crate::records::fragment::Fragment],
+    }
+    let bundle = OneFragment {
+        fragments: std::slice::from_ref(&record.fragment),
     };
-    let mut bytes = serde_json::to_vec_pretty(&bundle)?;
+    let files = record.fragment.reads.len() + record.fragment.writes.len();
+    let mut bytes = if files > PRETTY_MAX_FILES {
+        serde_json::to_vec(&bundle)?
+    } else {
+        serde_json::to_vec_pretty(&bundle)?
+    };
     bytes.push(b'\n');
     Ok(bytes)
 }

@@ -78,8 +78,9 @@ pub struct Spool {
     bytes: u64,
     open: BTreeMap<String, pb::TaskOpened>,
     undelivered: BTreeMap<String, pb::RecordReady>,
-    /// The last checkpoint of each open task.
-    checkpoints: BTreeMap<String, pb::TaskCheckpoint>,
+    /// The last checkpoint of each open task, as its encoded frame (what
+    /// compaction writes back; smaller than the decoded state).
+    checkpoints: BTreeMap<String, Vec<u8>>,
     /// Their encoded size.
     checkpoints_bytes: u64,
     /// When this process spooled each undelivered record (absent: a
@@ -247,7 +248,11 @@ impl Spool {
             });
         }
         rec.open_tasks = open.values().cloned().collect();
-        rec.checkpoints = checkpoints.clone();
+        let frames: BTreeMap<String, Vec<u8>> = checkpoints
+            .values()
+            .map(|c| (c.task_id.clone(), frame(Kind::TaskCheckpoint(c.clone()))))
+            .collect();
+        rec.checkpoints = checkpoints;
         rec.undelivered = undelivered.values().cloned().collect();
         let file = OpenOptions::new()
             .create(true)
@@ -263,8 +268,8 @@ impl Spool {
             bytes: 0,
             open,
             undelivered,
-            checkpoints_bytes: checkpoints.values().map(|c| c.encoded_len() as u64).sum(),
-            checkpoints,
+            checkpoints_bytes: frames.values().map(|f| f.len() as u64).sum(),
+            checkpoints: frames,
             spooled_at: BTreeMap::new(),
         };
         spool.compact()?;
@@ -282,8 +287,8 @@ impl Spool {
         for t in self.open.values() {
             buf.extend(frame(Kind::TaskOpened(t.clone())));
         }
-        for c in self.checkpoints.values() {
-            buf.extend(frame(Kind::TaskCheckpoint(c.clone())));
+        for f in self.checkpoints.values() {
+            buf.extend_from_slice(f);
         }
         for r in self.undelivered.values() {
             buf.extend(frame(Kind::RecordReady(r.clone())));
@@ -313,13 +318,22 @@ impl Spool {
 
     fn append(&mut self, kind: Kind, durable: bool) -> Result<(), SpoolError> {
         let buf = frame(kind);
+        self.write_frame(&buf, durable)?;
+        self.maybe_compact()
+    }
+
+    fn write_frame(&mut self, buf: &[u8], durable: bool) -> Result<(), SpoolError> {
         // One write per entry (O_APPEND): a crash leaves at most one torn
         // entry, at the end.
-        self.file.write_all(&buf).map_err(io_err(&self.path))?;
+        self.file.write_all(buf).map_err(io_err(&self.path))?;
         if durable {
             self.file.sync_data().map_err(io_err(&self.path))?;
         }
         self.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), SpoolError> {
         let live: u64 = self
             .undelivered
             .values()
@@ -345,12 +359,13 @@ impl Spool {
         if !self.open.contains_key(&c.task_id) {
             return Ok(());
         }
-        let len = c.encoded_len() as u64;
-        if let Some(old) = self.checkpoints.insert(c.task_id.clone(), c.clone()) {
-            self.checkpoints_bytes -= old.encoded_len() as u64;
-        }
-        self.checkpoints_bytes += len;
-        self.append(Kind::TaskCheckpoint(c), false)
+        let task_id = c.task_id.clone();
+        let buf = frame(Kind::TaskCheckpoint(c));
+        self.forget_checkpoint(&task_id);
+        self.checkpoints_bytes += buf.len() as u64;
+        self.write_frame(&buf, false)?;
+        self.checkpoints.insert(task_id, buf);
+        self.maybe_compact()
     }
 
     /// The programs stayed attached while no daemon ran (adopted from
@@ -426,7 +441,7 @@ impl Spool {
 
     fn forget_checkpoint(&mut self, task_id: &str) {
         if let Some(old) = self.checkpoints.remove(task_id) {
-            self.checkpoints_bytes -= old.encoded_len() as u64;
+            self.checkpoints_bytes -= old.len() as u64;
         }
     }
 
@@ -481,7 +496,7 @@ mod tests {
         pb::RecordReady {
             task_id: id.into(),
             bundle_file: file.into(),
-            bundle_json: b"{\"fragments\":[]}\n".to_vec(),
+            bundle_json: b"{\"fragments\":[]}\n".to_vec().into(),
         }
     }
 
@@ -645,7 +660,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = Spool::open(dir.path(), "n1").unwrap();
         let big = pb::RecordReady {
-            bundle_json: vec![b'x'; 1 << 20],
+            bundle_json: vec![b'x'; 1 << 20].into(),
             ..ready("t", "r.json")
         };
         for i in 0..20 {
