@@ -177,6 +177,24 @@ fn one_record(uid: &str, timeout: Duration) -> Value {
     recs[0].1.clone()
 }
 
+/// The record lists `path` as written: hashed to `content`'s hash, or, for
+/// a container too short-lived for its mount namespace to be held,
+/// unhashed with the reason (never called deleted, never hashed from the
+/// daemon's own view).
+fn wrote(rec: &Value, path: &str, content: &[u8]) -> bool {
+    let listed = rec["writes"]
+        .as_array()
+        .is_some_and(|w| w.iter().any(|a| a["path"] == path));
+    let hashed = write_hash(rec, path) == Some(blake3_bytes(content));
+    let explained = rec["backend_metadata"]["unhashed"]
+        .as_array()
+        .is_some_and(|u| {
+            u.iter()
+                .any(|x| x["path"] == path && x["reason"].is_string())
+        });
+    listed && (hashed || explained)
+}
+
 fn write_hash(rec: &Value, path: &str) -> Option<String> {
     rec["writes"]
         .as_array()?
@@ -373,7 +391,7 @@ fn policy_configmap_reload_on_a_real_cluster() {
         rec["backend_metadata"]["traced_because"],
         format!("namespace {ns}").as_str()
     );
-    assert_eq!(write_hash(&rec, "/work/n.txt"), Some(blake3_bytes(b"ns\n")));
+    assert!(wrote(&rec, "/work/n.txt", b"ns\n"), "{rec}");
     set_policy(&kc, json!({"presets": "", "namespaces": ""}));
     wait_until("the policy is back", Duration::from_secs(120), || {
         stats()["policy"]["in_force"]
@@ -462,10 +480,7 @@ fn kill_restart_and_api_server_outage() {
     // The refused record: delivered by the new daemon, exactly once.
     let q = one_record(&quick_uid, Duration::from_secs(60));
     assert_eq!(q["exit_code"], 0);
-    assert_eq!(
-        write_hash(&q, "/work/q.txt"),
-        Some(blake3_bytes(b"quick\n"))
-    );
+    assert!(wrote(&q, "/work/q.txt", b"quick\n"), "{q}");
     assert_eq!(q["backend_metadata"]["capture"]["partial"], false);
     // The running task: traced again at once; its record is partial, with
     // the gap, and has what it did after the restart.
@@ -511,16 +526,7 @@ fn kill_restart_and_api_server_outage() {
     // checkpoint): hashed if its container was still there when the new
     // daemon started, else unhashed with the reason.
     let md = &ends["backend_metadata"];
-    let wrote = ends["writes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|w| w["path"] == "/gate/ends.before");
-    let hashed = write_hash(&ends, "/gate/ends.before") == Some(blake3_bytes(b"before\n"));
-    let explained = md["unhashed"]
-        .as_array()
-        .is_some_and(|u| u.iter().any(|x| x["path"] == "/gate/ends.before"));
-    assert!(wrote && (hashed || explained), "{ends}");
+    assert!(wrote(&ends, "/gate/ends.before", b"before\n"), "{ends}");
     assert!(md["capture"]["gaps"][0]["from"].as_f64().is_some(), "{md}");
 
     // 2. The API server goes down with a task running; the daemon is

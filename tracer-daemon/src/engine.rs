@@ -75,6 +75,9 @@ pub struct Engine {
     undecodable_at_start: HashMap<u64, u64>,
     /// Children whose mount namespace was looked up, per task.
     fork_probes: HashMap<u64, u32>,
+    /// Tasks run in namespaces other than ours (the daemon's containers):
+    /// a file in an unknown namespace is never looked up in ours.
+    pub foreign_tasks: bool,
 }
 
 /// How many of a task's first children have their mount namespace held.
@@ -96,6 +99,7 @@ impl Engine {
             input_hashes: HashMap::new(),
             undecodable_at_start: HashMap::new(),
             fork_probes: HashMap::new(),
+            foreign_tasks: false,
         })
     }
 
@@ -104,10 +108,11 @@ impl Engine {
     pub fn register(&mut self, key: u64, ns: Option<Arc<MountNs>>) {
         self.table.start(key);
         let own = self.own_ns;
+        let unknown_is_gone = self.foreign_tasks;
         let nss = self
             .namespaces
             .entry(key)
-            .or_insert_with(|| Namespaces::new(own));
+            .or_insert_with(|| Namespaces::new(own).unknown_is_gone(unknown_is_gone));
         if let Some(ns) = ns {
             nss.add(ns);
         }
@@ -130,10 +135,11 @@ impl Engine {
     /// while the task's events waited for attribution).
     pub fn hold(&mut self, key: u64, ns: Arc<MountNs>) {
         let own = self.own_ns;
+        let unknown_is_gone = self.foreign_tasks;
         let nss = self
             .namespaces
             .entry(key)
-            .or_insert_with(|| Namespaces::new(own));
+            .or_insert_with(|| Namespaces::new(own).unknown_is_gone(unknown_is_gone));
         if !nss.knows(ns.inum) && ns.inum != self.own_ns {
             nss.add(ns);
         }
@@ -224,10 +230,11 @@ impl Engine {
             return;
         }
         let own = self.own_ns;
+        let unknown_is_gone = self.foreign_tasks;
         let nss = self
             .namespaces
             .entry(task)
-            .or_insert_with(|| Namespaces::new(own));
+            .or_insert_with(|| Namespaces::new(own).unknown_is_gone(unknown_is_gone));
         if nss.knows(inum) {
             return;
         }

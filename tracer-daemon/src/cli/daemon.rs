@@ -461,8 +461,11 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         probes,
         mut reader,
         pool,
-        engine,
+        mut engine,
     } = Capture::start(opts, args.host_proc.clone(), args.hash_workers)?;
+    // Containers' files are never in our view: one whose opener's
+    // namespace is unknown is reported unhashed, not looked up here.
+    engine.foreign_tasks = true;
     health.set_programs_attached(true);
     if probes.adopted {
         // Capture went on while no daemon ran: the gaps of the resumed

@@ -75,6 +75,10 @@ pub struct Namespaces {
     default: Option<Arc<MountNs>>,
     /// Namespaces that could not be opened (process already gone).
     pub missed: u64,
+    /// A file whose opener's namespace is unknown, when none was held:
+    /// looked up in ours (`run`: the task started in our namespace) or
+    /// not at all (a container's files are never in the daemon's view).
+    pub unknown_is_gone: bool,
 }
 
 impl Namespaces {
@@ -84,6 +88,12 @@ impl Namespaces {
             own,
             ..Self::default()
         }
+    }
+
+    /// See `unknown_is_gone`.
+    pub fn unknown_is_gone(mut self, gone: bool) -> Self {
+        self.unknown_is_gone = gone;
+        self
     }
 
     pub fn knows(&self, inum: u64) -> bool {
@@ -103,7 +113,11 @@ impl Namespaces {
             return NsView::Held(ns.clone());
         }
         if inum == 0 {
-            return self.default.clone().map_or(NsView::Own, NsView::Held);
+            return match &self.default {
+                Some(ns) => NsView::Held(ns.clone()),
+                None if self.unknown_is_gone => NsView::Gone,
+                None => NsView::Own,
+            };
         }
         if inum == self.own || self.own == 0 {
             return NsView::Own;
@@ -129,5 +143,9 @@ mod tests {
         nss.add(held.clone());
         assert!(matches!(nss.resolve(held.inum), NsView::Held(_)));
         assert!(matches!(nss.resolve(0), NsView::Held(_)));
+        // A container's file whose opener is unknown and no namespace of
+        // the container held: not looked up in ours.
+        let foreign = Namespaces::new(own.inum).unknown_is_gone(true);
+        assert!(matches!(foreign.resolve(0), NsView::Gone));
     }
 }
