@@ -30,13 +30,14 @@ impl Capture {
         opts: ProbeOptions,
         proc_root: PathBuf,
         hash_workers: usize,
+        limits: TaskLimits,
     ) -> anyhow::Result<Self> {
         preflight::check_capabilities()?;
         preflight::check_btf(&opts.btf_path)?;
         let mut probes = Probes::load(opts)?;
         let reader = EventReader::new(probes.take_events()?).context("ring buffer")?;
         let pool = Arc::new(HashPool::new(hash_workers, 8192, 200_000).context("hash workers")?);
-        let engine = Engine::new(pool.clone(), proc_root, TaskLimits::default())?;
+        let engine = Engine::new(pool.clone(), proc_root, limits)?;
         Ok(Self {
             probes,
             reader,

@@ -55,7 +55,7 @@ use crate::{
         bundle::{BundleDir, bundle_bytes},
         spool::{Spool, pb},
     },
-    tasks::Task,
+    tasks::{Task, TaskLimits},
 };
 
 #[derive(Debug, Args)]
@@ -136,6 +136,15 @@ pub struct DaemonArgs {
     /// stops while no daemon runs.
     #[arg(long, env = "ROAR_NODE_PIN_DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Paths one task may hold; more are counted (`files_over_cap`) and
+    /// the record is partial. With --max-files-total, what bounds the
+    /// daemon's memory: about 1.5 KiB per path at the peak (a record being
+    /// built), measured by `cargo xtask bench-flood`.
+    #[arg(long, default_value_t = 400_000, env = "ROAR_NODE_MAX_FILES_PER_TASK")]
+    pub max_files_per_task: usize,
+    /// Paths all tasks together may hold.
+    #[arg(long, default_value_t = 600_000, env = "ROAR_NODE_MAX_FILES_TOTAL")]
+    pub max_files_total: usize,
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = 16 << 20, env = "ROAR_NODE_RING_BUFFER_BYTES")]
     pub ring_buffer_bytes: u32,
@@ -462,7 +471,16 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         mut reader,
         pool,
         mut engine,
-    } = Capture::start(opts, args.host_proc.clone(), args.hash_workers)?;
+    } = Capture::start(
+        opts,
+        args.host_proc.clone(),
+        args.hash_workers,
+        TaskLimits {
+            max_files: args.max_files_per_task,
+            max_files_total: args.max_files_total,
+            ..TaskLimits::default()
+        },
+    )?;
     // Containers' files are never in our view: one whose opener's
     // namespace is unknown is reported unhashed, not looked up here.
     engine.foreign_tasks = true;
@@ -1316,6 +1334,7 @@ impl State {
                 "redelivered": self.ctx.delivery.redelivered.load(Ordering::Relaxed),
                 "delivery_errors": self.ctx.delivery.errors.load(Ordering::Relaxed),
             },
+            "files_held": self.engine.table.files_held(),
             "pods_known": self.attr.pods.len(),
             "policy_warnings": self.totals.warnings,
             "policy": {

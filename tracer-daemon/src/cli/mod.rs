@@ -37,7 +37,7 @@ pub enum Command {
     Run(run::RunArgs),
     /// Trace the opted-in pods of this node (a DaemonSet's command): one
     /// roar fragment bundle per container run, in --bundle-dir.
-    Daemon(daemon::DaemonArgs),
+    Daemon(Box<daemon::DaemonArgs>),
     /// Bundle directory tools (export, for collectors).
     Bundles(bundles::BundlesArgs),
 }
@@ -60,7 +60,7 @@ pub fn main() -> i32 {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
-            Command::Daemon(args) => daemon::daemon(args).await,
+            Command::Daemon(args) => daemon::daemon(*args).await,
             Command::Bundles(args) => bundles::bundles(args),
         }
     });

@@ -120,7 +120,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         mut reader,
         pool,
         mut engine,
-    } = Capture::start(opts, PathBuf::from("/proc"), 2)?;
+    } = Capture::start(
+        opts,
+        PathBuf::from("/proc"),
+        2,
+        crate::tasks::TaskLimits::default(),
+    )?;
     let name = format!("run-{}-{}", std::process::id(), Clock::now_boot_ns());
     let cg = LocalCgroup::create(&cgroot, &name).context("creating a cgroup for the command")?;
     let flags = if args.no_suppress {

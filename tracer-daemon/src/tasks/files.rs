@@ -5,7 +5,13 @@
 //! sees few events). Renames move a path's output state to the new name;
 //! the old name keeps only what it was as an input.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use crate::events::{FilePath, Open};
 
@@ -53,13 +59,61 @@ pub struct FirstRead {
     pub mnt_ns: u32,
 }
 
-/// Per-path state with a cap on how many paths one task may hold.
+/// Paths all tasks together may hold (the daemon's memory bound: several
+/// big tasks at once must not add up past it). Each table gives its paths
+/// back when it is dropped, after its record is built.
+#[derive(Debug)]
+pub struct FileBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl FileBudget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    fn take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < self.max).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Per-path state with a cap on how many paths one task may hold (and,
+/// with a budget, all tasks together).
 #[derive(Debug, Default)]
 pub struct FileTable {
     paths: BTreeMap<Vec<u8>, FileState>,
     max_paths: usize,
-    /// Paths not tracked because the cap was reached.
+    /// Paths not tracked because a cap was reached.
     pub overflow: u64,
+    budget: Option<Arc<FileBudget>>,
+}
+
+impl Drop for FileTable {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(self.paths.len());
+        }
+    }
 }
 
 impl FileTable {
@@ -68,7 +122,18 @@ impl FileTable {
             paths: BTreeMap::new(),
             max_paths,
             overflow: 0,
+            budget: None,
         }
+    }
+
+    /// Counts its paths against `budget` too.
+    pub fn with_budget(mut self, budget: Option<Arc<FileBudget>>) -> Self {
+        if let Some(b) = &budget {
+            // Paths already held (a restored checkpoint) count, cap or not.
+            b.used.fetch_add(self.paths.len(), Ordering::AcqRel);
+        }
+        self.budget = budget;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -85,6 +150,7 @@ impl FileTable {
             paths: paths.into_iter().collect(),
             max_paths,
             overflow,
+            budget: None,
         }
     }
 
@@ -102,7 +168,8 @@ impl FileTable {
 
     fn entry(&mut self, path: &[u8]) -> Option<&mut FileState> {
         if !self.paths.contains_key(path) {
-            if self.paths.len() >= self.max_paths {
+            if self.paths.len() >= self.max_paths || self.budget.as_ref().is_some_and(|b| !b.take())
+            {
                 self.overflow += 1;
                 return None;
             }
@@ -215,6 +282,44 @@ impl FileTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two tasks share a budget of 3 paths: the second overflows once the
+    /// first holds 2; when the first is dropped its paths come back.
+    #[test]
+    fn a_shared_budget_bounds_all_tasks() {
+        let budget = FileBudget::new(3);
+        let mut a = FileTable::new(100).with_budget(Some(budget.clone()));
+        let mut b = FileTable::new(100).with_budget(Some(budget.clone()));
+        let open = |t: &mut FileTable, p: &str| {
+            let o = Open {
+                path: FilePath {
+                    bytes: p.as_bytes().to_vec(),
+                    inexact: 0,
+                },
+                read: false,
+                write: true,
+                created: true,
+                truncated: false,
+                dev: 1,
+                ino: 1,
+                generation: 0,
+                size: 0,
+                syscall: 257,
+            };
+            t.open(&o, 1, 0);
+        };
+        open(&mut a, "/a1");
+        open(&mut a, "/a2");
+        open(&mut b, "/b1");
+        open(&mut b, "/b2");
+        open(&mut b, "/b1"); // known path: no budget needed
+        assert_eq!((a.len(), b.len(), b.overflow), (2, 1, 1));
+        assert_eq!(budget.used(), 3);
+        drop(a);
+        assert_eq!(budget.used(), 1);
+        open(&mut b, "/b3");
+        assert_eq!((b.len(), b.overflow), (2, 1));
+    }
 
     fn fp(p: &str) -> FilePath {
         FilePath {

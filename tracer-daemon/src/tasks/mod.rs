@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use roar_node_common::event::EventKind;
 
 pub use self::{
-    files::{FileState, FileTable, FirstRead},
+    files::{FileBudget, FileState, FileTable, FirstRead},
     process::{Process, ProcessTree},
 };
 use crate::events::{Body, Event};
@@ -26,6 +26,8 @@ pub struct TaskLimits {
     pub max_processes: usize,
     /// argv bytes held over all the task's processes.
     pub max_argv_bytes: u64,
+    /// Paths held over all tasks together (see `FileBudget`).
+    pub max_files_total: usize,
 }
 
 impl Default for TaskLimits {
@@ -34,6 +36,7 @@ impl Default for TaskLimits {
             max_files: 1_000_000,
             max_processes: 100_000,
             max_argv_bytes: 64 << 20,
+            max_files_total: usize::MAX,
         }
     }
 }
@@ -110,6 +113,7 @@ impl Task {
 pub struct TaskTable {
     tasks: HashMap<u64, Task>,
     limits: TaskLimits,
+    budget: Option<std::sync::Arc<FileBudget>>,
     /// Events for a cgroup no task is registered for.
     pub unattributed: u64,
 }
@@ -119,15 +123,20 @@ impl TaskTable {
         Self {
             tasks: HashMap::new(),
             limits,
+            budget: (limits.max_files_total != usize::MAX)
+                .then(|| FileBudget::new(limits.max_files_total)),
             unattributed: 0,
         }
     }
 
     pub fn start(&mut self, key: u64) -> &mut Task {
         let limits = self.limits;
-        self.tasks
-            .entry(key)
-            .or_insert_with(|| Task::new(key, limits))
+        let budget = self.budget.clone();
+        self.tasks.entry(key).or_insert_with(|| {
+            let mut t = Task::new(key, limits);
+            t.files = std::mem::take(&mut t.files).with_budget(budget);
+            t
+        })
     }
 
     pub fn get(&self, key: u64) -> Option<&Task> {
@@ -164,8 +173,14 @@ impl TaskTable {
     /// Puts back a task from a checkpoint, in place of what is under its
     /// key (events that arrived since are applied to it again by nobody:
     /// call this before any arrive, right after `start`).
-    pub fn restore(&mut self, task: Task) {
+    pub fn restore(&mut self, mut task: Task) {
+        task.files = std::mem::take(&mut task.files).with_budget(self.budget.clone());
         self.tasks.insert(task.key, task);
+    }
+
+    /// Paths held by all tasks (with a budget).
+    pub fn files_held(&self) -> Option<usize> {
+        self.budget.as_ref().map(|b| b.used())
     }
 
     pub fn limits(&self) -> TaskLimits {
