@@ -143,7 +143,7 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = 400_000, env = "ROAR_NODE_MAX_FILES_PER_TASK")]
     pub max_files_per_task: usize,
     /// Paths all tasks together may hold.
-    #[arg(long, default_value_t = 600_000, env = "ROAR_NODE_MAX_FILES_TOTAL")]
+    #[arg(long, default_value_t = 500_000, env = "ROAR_NODE_MAX_FILES_TOTAL")]
     pub max_files_total: usize,
     /// Ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = 16 << 20, env = "ROAR_NODE_RING_BUFFER_BYTES")]
