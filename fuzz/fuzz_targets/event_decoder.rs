@@ -16,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
         TaskLimits {
             max_files: 64,
             max_processes: 64,
+            max_argv_bytes: 64 << 10,
+            ..TaskLimits::default()
         },
     );
     let mut rest = data;
