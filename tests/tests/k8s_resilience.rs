@@ -527,6 +527,9 @@ fn kill_restart_and_api_server_outage() {
     // daemon started, else unhashed with the reason.
     let md = &ends["backend_metadata"];
     assert!(wrote(&ends, "/gate/ends.before", b"before\n"), "{ends}");
+    // And what it did after the crash, before it ended with no daemon
+    // running: taken from the pinned ring buffer.
+    assert!(wrote(&ends, "/gate/ends.after", b"after\n"), "{ends}");
     assert!(md["capture"]["gaps"][0]["from"].as_f64().is_some(), "{md}");
 
     // 2. The API server goes down with a task running; the daemon is

@@ -451,6 +451,32 @@ impl Attributor {
         out
     }
 
+    /// A container a crashed daemon traced that ended while no daemon ran,
+    /// with the programs pinned: its last events wait in the ring buffer.
+    /// Known by the spool's path and already removed, it becomes a task
+    /// again (to take those events), resolves when its pod is known, and
+    /// closes then.
+    pub fn resume_gone(&mut self, id: u64, path: &str, now: Instant) -> Vec<Action> {
+        if self.cgroups.contains_key(&id) {
+            return self.resume(id);
+        }
+        let parsed = cgroup_path::parse(path.as_bytes());
+        if !matches!(&parsed, CgroupPath::Container(cc) if cc.depth_below_container == 0) {
+            return Vec::new();
+        }
+        self.cgroups.insert(
+            id,
+            CgroupInfo {
+                path: path.to_string(),
+                parsed,
+                removed: Some(now),
+            },
+        );
+        let mut out = Vec::new();
+        self.set_pending(id, true, &mut out);
+        out
+    }
+
     /// A new policy. Pods it selects now are traced from here on; a pod
     /// it no longer selects keeps its running containers traced to their
     /// end (a record cut short would be worse), new ones are not.
@@ -752,6 +778,30 @@ mod tests {
             .collect();
         assert_eq!(resolved.len(), 1, "{:?}", names(&acts));
         assert!(!resolved[0].started_before_agent);
+    }
+
+    /// With the programs pinned, a container that ended while no daemon
+    /// ran is a task again (its last events are in the ring buffer), known
+    /// as removed; it resolves when its pod is known.
+    #[test]
+    fn resumed_after_it_ended() {
+        let p = pod();
+        let base = format!("/kubepods/besteffort/pod{}", p.uid);
+        let mut a = Attributor::new(Policy::default());
+        let now = Instant::now();
+        a.on_cgroup(&mkdir(1, &base, false), now);
+        a.on_cgroup(&mkdir(2, &format!("{base}/{}", "a".repeat(64)), false), now);
+        let path = format!("{base}/{}", id_of(&p, "train"));
+        assert_eq!(names(&a.resume_gone(3, &path, now)), ["begin 3"]);
+        assert!(a.cgroup_removed(3));
+        assert!(a.resume_gone(4, "/not/a/container", now).is_empty());
+        let acts = a.on_pod(p.clone());
+        assert!(
+            acts.iter()
+                .any(|x| matches!(x, Action::Resolved(m) if m.cgroup_id == 3)),
+            "{:?}",
+            names(&acts)
+        );
     }
 
     #[test]

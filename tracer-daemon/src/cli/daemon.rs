@@ -539,6 +539,10 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     for t in recovered.open_tasks {
         let acts = if recovered.rebooted {
             Vec::new()
+        } else if probes.adopted {
+            // Ended or not, its events since the crash are in the pinned
+            // ring buffer: a task again, to take them.
+            attr.resume_gone(t.cgroup_id, &t.cgroup_path, Instant::now())
         } else {
             attr.resume(t.cgroup_id)
         };
