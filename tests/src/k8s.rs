@@ -315,3 +315,76 @@ pub fn records_of(all: &BTreeMap<String, Value>, uid: &str) -> Vec<(String, Valu
 pub fn uid_of(pod: &Value) -> String {
     pod["metadata"]["uid"].as_str().unwrap().to_string()
 }
+
+/// A one-container pod (`main`) of the task image running `sh -c
+/// command`, `restartPolicy: Never`, opted in by annotation or not.
+pub fn shell_pod(ns: &str, name: &str, command: &str, opt_in: bool) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "main",
+                "image": OSMO_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", command],
+            }],
+        },
+    });
+    if opt_in {
+        pod["metadata"]["annotations"] = json!({"roar-node/trace": "true"});
+    }
+    pod
+}
+
+/// Adds `volume` (a pod volume, with its `name`) to `pod`, mounted at
+/// `path` in its first container.
+pub fn with_volume(mut pod: Value, volume: Value, path: &str, read_only: bool) -> Value {
+    let mount = json!({"name": volume["name"], "mountPath": path, "readOnly": read_only});
+    push(&mut pod["spec"]["volumes"], volume);
+    push(&mut pod["spec"]["containers"][0]["volumeMounts"], mount);
+    pod
+}
+
+fn push(list: &mut Value, item: Value) {
+    match list.as_array_mut() {
+        Some(a) => a.push(item),
+        None => *list = json!([item]),
+    }
+}
+
+/// Everything the roar-node daemon pods logged.
+pub fn daemon_logs(kubeconfig: &Path) -> String {
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "-n",
+            "roar-node",
+            "logs",
+            "-l",
+            "app.kubernetes.io/name=roar-node",
+            "--tail=-1",
+        ],
+        None,
+    )
+}
+
+/// The roar-node daemon's host PID (the local cluster has one node).
+pub fn daemon_pid() -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = fs::read(e.path().join("cmdline")).ok()?;
+        (cmd == b"/roar-node\0daemon\0").then_some(pid)
+    })
+}
+
+/// Wall-clock time, Unix seconds (records' times are on this clock).
+pub fn wall_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}

@@ -141,49 +141,30 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     // 7. a container restarted by the kubelet (restartPolicy OnFailure):
     // one record per run, restart count in the task id.
     let restart_name = format!("restart-{run}");
-    create(
-        &kc,
-        &json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": restart_name, "namespace": ns,
-                         "annotations": {"roar-node/trace": "true"}},
-            "spec": {
-                "restartPolicy": "OnFailure",
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{
-                    "name": "main",
-                    "image": OSMO_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c",
-                        "if [ -e /data/ran ]; then echo second > /data/run.txt; exit 0; fi; \
-                         echo first > /data/run.txt; touch /data/ran; exit 1"],
-                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                }],
-                "volumes": [{"name": "data", "emptyDir": {}}],
-            },
-        }),
+    let mut restart_pod = with_volume(
+        shell_pod(
+            &ns,
+            &restart_name,
+            "if [ -e /data/ran ]; then echo second > /data/run.txt; exit 0; fi; \
+             echo first > /data/run.txt; touch /data/ran; exit 1",
+            true,
+        ),
+        json!({"name": "data", "emptyDir": {}}),
+        "/data",
+        false,
     );
+    restart_pod["spec"]["restartPolicy"] = json!("OnFailure");
+    create(&kc, &restart_pod);
     // 6. a plain (non-OSMO) pod that opted in: backend k8s, role task.
     let plain_name = format!("plain-{run}");
     create(
         &kc,
-        &json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": plain_name, "namespace": ns,
-                         "annotations": {"roar-node/trace": "true"}},
-            "spec": {
-                "restartPolicy": "Never",
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{
-                    "name": "main",
-                    "image": OSMO_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", "mkdir -p /work && echo plain > /work/out.txt && cat /work/out.txt"],
-                }],
-            },
-        }),
+        &shell_pod(
+            &ns,
+            &plain_name,
+            "mkdir -p /work && echo plain > /work/out.txt && cat /work/out.txt",
+            true,
+        ),
     );
     let consume_pod = wait_pod_done(&kc, &ns, &consume.pod_name(), timeout);
     let fail_pod = wait_pod_done(&kc, &ns, &fail.pod_name(), timeout);
@@ -336,18 +317,7 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     // annotation, which the daemon names in a warning.
     assert!(records_of(&all, &qu).is_empty());
     assert!(records_of(&all, &tu).is_empty());
-    let logs = kubectl_ok(
-        &kc,
-        &[
-            "-n",
-            "roar-node",
-            "logs",
-            "-l",
-            "app.kubernetes.io/name=roar-node",
-            "--tail=-1",
-        ],
-        None,
-    );
+    let logs = daemon_logs(&kc);
     assert!(
         logs.contains(&format!("pod {ns}/{}", typo.pod_name())) && logs.contains("\"yes\""),
         "no warning about the malformed annotation in:\n{logs}"

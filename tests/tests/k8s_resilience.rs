@@ -29,15 +29,6 @@ fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// The roar-node daemon's host PID.
-fn daemon_pid() -> Option<u32> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = fs::read(e.path().join("cmdline")).ok()?;
-        (cmd == b"/roar-node\0daemon\0").then_some(pid)
-    })
-}
-
 fn kill9(pid: u32) {
     assert!(
         Command::new("kill")
@@ -100,40 +91,27 @@ fn metric(series: &str) -> Option<f64> {
     })
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 /// An opted-in pod that writes `<name>.before`, waits for the file
 /// `<name>.mid` in the shared directory, writes `<name>.during`, waits for
 /// `<name>.go`, then writes `<name>.after`.
 fn gated_pod(ns: &str, name: &str, shared: &Path) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns,
-                     "annotations": {"roar-node/trace": "true"}},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "main",
-                "image": OSMO_IMAGE,
-                "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", format!(
-                    "echo before > /gate/{name}.before; \
+    with_volume(
+        shell_pod(
+            ns,
+            name,
+            &format!(
+                "echo before > /gate/{name}.before; \
                      while [ ! -e /gate/{name}.mid ]; do sleep 0.1; done; \
                      echo during > /gate/{name}.during; \
                      while [ ! -e /gate/{name}.go ]; do sleep 0.1; done; \
-                     echo after > /gate/{name}.after")],
-                "volumeMounts": [{"name": "gate", "mountPath": "/gate"}],
-            }],
-            "volumes": [{"name": "gate", "hostPath": {"path": shared, "type": "Directory"}}],
-        },
-    })
+                     echo after > /gate/{name}.after"
+            ),
+            true,
+        ),
+        json!({"name": "gate", "hostPath": {"path": shared, "type": "Directory"}}),
+        "/gate",
+        false,
+    )
 }
 
 fn wait_running(kc: &Path, ns: &str, name: &str) -> Value {
@@ -296,7 +274,7 @@ fn set_policy(kc: &Path, data: Value) {
         ],
         None,
     );
-    let stamp = format!("roar-node.test/poke={}", now() as u64);
+    let stamp = format!("roar-node.test/poke={}", wall_now() as u64);
     kubectl_ok(
         kc,
         &[
@@ -341,18 +319,7 @@ fn policy_configmap_reload_on_a_real_cluster() {
     assert_eq!(s["policy"]["in_force"], kept.as_str(), "{s}");
     assert_eq!(s["policy"]["generation"].as_u64(), Some(generation));
     assert!(metric("roar_node_policy_reload_errors_total").is_some_and(|v| v >= 1.0));
-    let logs = kubectl_ok(
-        &kc,
-        &[
-            "-n",
-            "roar-node",
-            "logs",
-            "-l",
-            "app.kubernetes.io/name=roar-node",
-            "--tail=-1",
-        ],
-        None,
-    );
+    let logs = daemon_logs(&kc);
     assert!(
         logs.contains("unknown policy preset \"osmoo\"")
             && logs.contains("keeping the one in force"),
@@ -372,13 +339,12 @@ fn policy_configmap_reload_on_a_real_cluster() {
     // Not annotated: traced because of its namespace.
     create(
         &kc,
-        &json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "by-namespace", "namespace": ns},
-            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                     "containers": [{"name": "main", "image": OSMO_IMAGE, "imagePullPolicy": "Never",
-                                     "command": ["/bin/sh", "-c", "mkdir -p /work && echo ns > /work/n.txt"]}]},
-        }),
+        &shell_pod(
+            &ns,
+            "by-namespace",
+            "mkdir -p /work && echo ns > /work/n.txt",
+            false,
+        ),
     );
     let uid = uid_of(&wait_pod_done(
         &kc,
@@ -438,14 +404,12 @@ fn kill_restart_and_api_server_outage() {
         in_spool(b"/gate/long.before") && in_spool(b"/gate/ends.before")
     });
     fs::set_permissions(&bundle_dir, fs::Permissions::from_mode(0o500)).unwrap();
-    let quick = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "quick", "namespace": ns,
-                     "annotations": {"roar-node/trace": "true"}},
-        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                 "containers": [{"name": "main", "image": OSMO_IMAGE, "imagePullPolicy": "Never",
-                                 "command": ["/bin/sh", "-c", "mkdir -p /work && echo quick > /work/q.txt"]}]},
-    });
+    let quick = shell_pod(
+        &ns,
+        "quick",
+        "mkdir -p /work && echo quick > /work/q.txt",
+        true,
+    );
     create(&kc, &quick);
     let quick_uid = uid_of(&wait_pod_done(&kc, &ns, "quick", Duration::from_secs(90)));
     wait_until(
@@ -460,7 +424,7 @@ fn kill_restart_and_api_server_outage() {
     assert!(records_of(&bundles(), &quick_uid).is_empty());
     assert!(metric("roar_node_records_spooled").is_some_and(|v| v >= 1.0));
     let old = daemon_pid().expect("the roar-node daemon runs");
-    let killed_at = now();
+    let killed_at = wall_now();
     kill9(old);
     // While no daemon runs: `long` writes, `ends` ends.
     for f in ["long.mid", "ends.mid", "ends.go"] {
@@ -471,7 +435,7 @@ fn kill_restart_and_api_server_outage() {
         Duration::from_secs(10),
         || shared.join("long.during").exists(),
     );
-    let down_write_at = now();
+    let down_write_at = wall_now();
     fs::set_permissions(&bundle_dir, fs::Permissions::from_mode(0o700)).unwrap();
     wait_new_daemon(old, killed_at);
     // It found the programs the dead daemon pinned still attached.
@@ -538,7 +502,7 @@ fn kill_restart_and_api_server_outage() {
     let outage_uid = uid_of(&wait_running(&kc, &ns, "outage"));
     wait_traced(&outage_uid);
     let api = ApiServer::stop();
-    let down_at = now();
+    let down_at = wall_now();
     let old = daemon_pid().expect("the roar-node daemon runs");
     kill9(old);
     wait_new_daemon(old, down_at);

@@ -15,12 +15,13 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, UNIX_EPOCH},
 };
 
 use anyhow::{Context, bail};
 use roar_node_tests::k8s::{
-    OSMO_IMAGE, bundles, create, create_namespace, kubeconfig, records_of, uid_of, wait_pod_done,
+    bundles, create, create_namespace, daemon_pid, kubeconfig, records_of, shell_pod, uid_of,
+    wait_pod_done, wall_now, with_volume,
 };
 use serde_json::{Value, json};
 
@@ -38,22 +39,6 @@ pub struct Args {
     /// Small task pods per phase (baseline, then during the flood).
     #[arg(long, default_value_t = 6)]
     probes: usize,
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// The daemon's host PID (the local cluster runs one).
-fn daemon_pid() -> Option<u32> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmd = fs::read(e.path().join("cmdline")).ok()?;
-        (cmd == b"/roar-node\0daemon\0").then_some(pid)
-    })
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -102,32 +87,21 @@ impl RssSampler {
 }
 
 fn pod(ns: &str, name: &str, command: &str, bin: Option<&Path>) -> Value {
-    let mut p = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns,
-                     "annotations": {"roar-node/trace": "true"}},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "main", "image": OSMO_IMAGE, "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", command],
-                "volumeMounts": [{"name": "work", "mountPath": "/work"}],
-            }],
-            "volumes": [{"name": "work", "emptyDir": {"medium": "Memory"}}],
-        },
-    });
-    if let Some(bin) = bin {
-        p["spec"]["containers"][0]["volumeMounts"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"name": "bench", "mountPath": "/bench", "readOnly": true}));
-        p["spec"]["volumes"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"name": "bench", "hostPath": {"path": bin, "type": "Directory"}}));
+    let p = with_volume(
+        shell_pod(ns, name, command, true),
+        json!({"name": "work", "emptyDir": {"medium": "Memory"}}),
+        "/work",
+        false,
+    );
+    match bin {
+        Some(bin) => with_volume(
+            p,
+            json!({"name": "bench", "hostPath": {"path": bin, "type": "Directory"}}),
+            "/bench",
+            true,
+        ),
+        None => p,
     }
-    p
 }
 
 /// A small task: delay from its last event to its record on disk, and
@@ -225,7 +199,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.files, args.seconds, args.probes
     );
     let sampler = RssSampler::start(pid);
-    let t_flood = now();
+    let t_flood = wall_now();
     create(
         &kc,
         &pod(
