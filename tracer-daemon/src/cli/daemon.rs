@@ -253,6 +253,10 @@ struct Totals {
     policy_errors: u64,
     policy_generation: u64,
     spool_errors: u64,
+    /// Spool entries found damaged at start-up (checksum or decoding
+    /// failed): each may have been a record or a task's state.
+    spool_damaged: u64,
+    spool_torn_bytes: u64,
 }
 
 /// What does not change while the daemon runs.
@@ -586,7 +590,11 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         engine,
         attr,
         active: HashMap::new(),
-        totals: Totals::default(),
+        totals: Totals {
+            spool_damaged: recovered.corrupt_entries,
+            spool_torn_bytes: recovered.torn_bytes,
+            ..Totals::default()
+        },
         orphans,
         orphan_checkpoints: checkpoints,
         policy_dir,
@@ -917,10 +925,13 @@ impl State {
         );
         m.records_pending
             .set(gauge_value(t.records_pending.load(Ordering::Relaxed)));
+        // A damaged spool entry may have been a record: counted as one
+        // that could not be delivered.
         observe_total(
             &m.record_errors,
             t.record_errors.load(Ordering::Relaxed)
-                + self.ctx.delivery.errors.load(Ordering::Relaxed),
+                + self.ctx.delivery.errors.load(Ordering::Relaxed)
+                + t.spool_damaged,
         );
         {
             let spool = self.ctx.delivery.spool();
@@ -1040,13 +1051,16 @@ impl State {
                 }
                 Action::Resolved(meta) => {
                     let id = meta.cgroup_id;
-                    let resumed = self
+                    let task_id = meta.task_id();
+                    // In the spool already: a task resumed after a restart
+                    // (with its gaps), whose entry stays.
+                    let spooled_gaps = self
                         .ctx
                         .delivery
                         .spool()
-                        .open_task(&meta.task_id())
-                        .is_some_and(|t| !t.gaps.is_empty());
-                    if meta.started_before_agent || resumed {
+                        .open_task(&task_id)
+                        .map(|t| !t.gaps.is_empty());
+                    if meta.started_before_agent || spooled_gaps == Some(true) {
                         // No exec seen (running before this daemon traced
                         // it): hold the namespace of a process that is in
                         // the container now.
@@ -1060,12 +1074,9 @@ impl State {
                             ),
                         }
                     }
-                    tracing::info!(task = %meta.task_id(), role = meta.role, cgroup = id, "task resolved");
+                    tracing::info!(task = %task_id, role = meta.role, cgroup = id, "task resolved");
                     self.totals.tasks_started += 1;
-                    // A task resumed after a restart keeps its entry (and
-                    // its gaps).
-                    let task_id = meta.task_id();
-                    if self.ctx.delivery.spool().open_task(&task_id).is_none() {
+                    if spooled_gaps.is_none() {
                         let opened = pb::TaskOpened {
                             task_id,
                             cgroup_id: id,
@@ -1311,6 +1322,7 @@ impl State {
 
     fn write_stats(&self, path: &Path) {
         let s = &self.attr.stats;
+        let spool = self.ctx.delivery.spool();
         let v = json!({
             "time": Clock::new().wall(Clock::now_boot_ns()),
             "events": self.engine.stats.records,
@@ -1331,10 +1343,12 @@ impl State {
                 "record_errors": self.totals.record_errors.load(Ordering::Relaxed),
             },
             "spool": {
-                "undelivered": self.ctx.delivery.spool().undelivered_count(),
-                "open_tasks": self.ctx.delivery.spool().open_tasks().count(),
-                "bytes": self.ctx.delivery.spool().bytes(),
+                "undelivered": spool.undelivered_count(),
+                "open_tasks": spool.open_tasks().count(),
+                "bytes": spool.bytes(),
                 "errors": self.totals.spool_errors,
+                "damaged_entries_at_start": self.totals.spool_damaged,
+                "torn_bytes_at_start": self.totals.spool_torn_bytes,
                 "redelivered": self.ctx.delivery.redelivered.load(Ordering::Relaxed),
                 "delivery_errors": self.ctx.delivery.errors.load(Ordering::Relaxed),
             },
