@@ -827,6 +827,9 @@ impl State {
                 key,
                 Some("the container ended while no roar-node was running: what it did after the last checkpoint was not captured".into()),
             ) else {
+                // Registered just above, so not expected; never silent.
+                self.totals.record_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(task = %t.task_id, "no record could be started for a task that ended while roar-node was down");
                 continue;
             };
             let code = match self.attr.run_state(&meta) {
