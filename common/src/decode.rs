@@ -10,12 +10,12 @@ use core::mem::size_of;
 use std::vec::Vec;
 
 use crate::event::*;
-use crate::filter::{FilterEntry, SeenKey};
 use crate::offsets::{KernelOffsets, TracerConfig};
 use crate::path::PathHeader;
+use crate::traced::{SeenKey, TracedCgroup};
 
 // SAFETY: plain-old-data, `#[repr(C)]`, no padding holes read as values.
-unsafe impl aya::Pod for FilterEntry {}
+unsafe impl aya::Pod for TracedCgroup {}
 unsafe impl aya::Pod for SeenKey {}
 unsafe impl aya::Pod for KernelOffsets {}
 unsafe impl aya::Pod for TracerConfig {}

@@ -7,12 +7,12 @@
 #![no_std]
 
 pub mod event;
-pub mod filter;
 pub mod limits;
 pub mod loss;
 pub mod offsets;
 pub mod path;
 pub mod syscalls;
+pub mod traced;
 
 #[cfg(feature = "user")]
 pub mod decode;

@@ -1,7 +1,7 @@
 //! Counters the kernel keeps in the per-CPU `STATS` array.
 //!
 //! Losses are counted twice: here (global, per cause) and in the traced
-//! task's `FilterEntry::lost` (so the loss reaches that task's record).
+//! task's `TracedCgroup::lost` (so the loss reaches that task's record).
 
 use crate::event::EventKind;
 
@@ -25,7 +25,7 @@ pub const DEDUP_INSERT_FAILED: u32 = SCRATCH_UNAVAILABLE + 4;
 /// An event of a traced task was abandoned before it was sent because a
 /// read of kernel memory (`bpf_probe_read_kernel`, a NULL pointer where a
 /// struct was expected, a saved syscall argument) failed. Also counted on
-/// the task's `FilterEntry` (`lost` and `read_failed`).
+/// the task's `TracedCgroup` (`lost` and `read_failed`).
 pub const KERNEL_READ_FAILED: u32 = SCRATCH_UNAVAILABLE + 5;
 /// A cgroup mkdir/rmdir could not be read far enough to tell whether the
 /// cgroup is traced. Not attributable to a task and usually about a cgroup
@@ -36,7 +36,7 @@ pub const CGROUP_READ_FAILED: u32 = SCRATCH_UNAVAILABLE + 6;
 /// (the map is full): the processes in it are not traced. Its task's
 /// record (if it is a task's sub-cgroup) counts the loss; a new container
 /// is retried from userspace and recorded as partial.
-pub const FILTER_INSERT_FAILED: u32 = SCRATCH_UNAVAILABLE + 7;
+pub const TRACE_SET_FULL: u32 = SCRATCH_UNAVAILABLE + 7;
 
 /// Size of the `STATS` array.
 pub const STATS_LEN: u32 = SCRATCH_UNAVAILABLE + 8;
@@ -63,7 +63,7 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
         DEDUP_INSERT_FAILED => "dedup_insert_failed",
         KERNEL_READ_FAILED => "lost_kernel_read_failed",
         CGROUP_READ_FAILED => "cgroup_read_failed",
-        FILTER_INSERT_FAILED => "lost_filter_full",
+        TRACE_SET_FULL => "lost_filter_full",
         _ => return None,
     })
 }
@@ -73,7 +73,7 @@ pub const fn is_loss(index: u32) -> bool {
     (index >= 1 && (index as usize) < EventKind::COUNT)
         || index == SCRATCH_UNAVAILABLE
         || index == KERNEL_READ_FAILED
-        || index == FILTER_INSERT_FAILED
+        || index == TRACE_SET_FULL
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roar_node::attribution::cgroup_path::{CgroupPath, parse};
+use roar_node::fuzzing::{CgroupPath, parse_cgroup_path as parse};
 
 fuzz_target!(|data: &[u8]| {
     match parse(data) {

@@ -4,10 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roar_node::{
-    events::parse,
-    tasks::{Task, TaskLimits},
-};
+use roar_node::fuzzing::{Task, TaskLimits, parse};
 
 fuzz_target!(|data: &[u8]| {
     // Several records back to back, as the consumer sees a batch.

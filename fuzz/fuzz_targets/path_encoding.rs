@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use roar_node::records::encoding::{decode, encode};
+use roar_node::fuzzing::{decode_path as decode, encode_path as encode};
 
 fuzz_target!(|data: &[u8]| {
     let (text, encoded) = encode(data);

@@ -16,12 +16,9 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use roar_node::attribution::{
-    pods::{ContainerInfo, ContainerKind, PodInfo},
-    policy::{
-        ANNOTATION, Decision, OSMO_CTRL, OSMO_INIT, OSMO_TASK_LABEL, Policy, Selector,
-        container_role,
-    },
+use roar_node::fuzzing::{
+    ANNOTATION, ContainerInfo, ContainerKind, Decision, OSMO_CTRL, OSMO_INIT, OSMO_TASK_LABEL,
+    PodInfo, Policy, Role, Selector, TraceReason, container_role,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -210,11 +207,11 @@ fn check_decision(policy: &Policy, pod: &PodInfo) {
         }
         None => {
             if policy.namespaces.contains(&pod.namespace) {
-                Decision::Trace(format!("namespace {}", pod.namespace))
+                Decision::Trace(TraceReason::Namespace(pod.namespace.clone()))
             } else if let Some(s) = policy.selectors.iter().find(|s| s.matches(&pod.labels)) {
-                Decision::Trace(format!("selector {}", s.as_str()))
+                Decision::Trace(TraceReason::Selector(s.as_str().into()))
             } else if policy.osmo && pod.labels.contains_key(OSMO_TASK_LABEL) {
-                Decision::Trace("preset osmo".into())
+                Decision::Trace(TraceReason::OsmoPreset)
             } else {
                 Decision::Skip
             }
@@ -238,10 +235,10 @@ fn check_role(pod: &PodInfo, name: &str) {
             match c.kind {
                 ContainerKind::Ephemeral => None,
                 _ if osmo && (c.name == OSMO_INIT || c.kind == ContainerKind::Init) => None,
-                _ if osmo && c.name == OSMO_CTRL => Some("osmo-ctrl"),
-                _ if osmo => Some("user"),
-                ContainerKind::Init => Some("init"),
-                _ => Some("task"),
+                _ if osmo && c.name == OSMO_CTRL => Some(Role::OsmoCtrl),
+                _ if osmo => Some(Role::User),
+                ContainerKind::Init => Some(Role::Init),
+                _ => Some(Role::Task),
             }
         });
     assert_eq!(role, expected, "{name:?} in {pod:?}");

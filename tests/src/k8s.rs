@@ -356,9 +356,12 @@ fn push(list: &mut Value, item: Value) {
     }
 }
 
-/// Everything the roar-node daemon pods logged.
+/// Everything the roar-node daemon pods logged, one line per log line.
+/// The DaemonSet logs JSON objects: each is shown as its level, message
+/// and fields (`key=value`, strings unescaped), so tests can look for the
+/// words the daemon said rather than for their JSON escaping.
 pub fn daemon_logs(kubeconfig: &Path) -> String {
-    kubectl_ok(
+    let raw = kubectl_ok(
         kubeconfig,
         &[
             "-n",
@@ -369,7 +372,32 @@ pub fn daemon_logs(kubeconfig: &Path) -> String {
             "--tail=-1",
         ],
         None,
-    )
+    );
+    raw.lines()
+        .map(plain_log_line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn plain_log_line(line: &str) -> String {
+    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(line) else {
+        return line.to_string();
+    };
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = format!(
+        "{} {}",
+        fields.get("level").map(text).unwrap_or_default(),
+        fields.get("message").map(text).unwrap_or_default()
+    );
+    for (k, v) in &fields {
+        if !matches!(k.as_str(), "level" | "message" | "timestamp" | "target") {
+            out.push_str(&format!(" {k}={}", text(v)));
+        }
+    }
+    out
 }
 
 /// The roar-node daemon's host PID (the local cluster has one node).

@@ -7,9 +7,9 @@ use core::{ffi::c_void, mem::size_of};
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel_str, programs::BtfTracePointContext};
 use roar_node_common::{
     event::{CGROUP_PATH_TRUNCATED, CGROUP_TRACED, CgroupData, EventHeader, EventKind},
-    filter::{FILTER_CHILDREN_ARE_ROOTS, FILTER_NO_SUPPRESS, FILTER_PROPAGATED, FilterEntry},
     limits::CGROUP_PATH_MAX,
     loss,
+    traced::{TRACE_CHILDREN_ARE_ROOTS, TRACE_NO_SUPPRESS, TRACE_PROPAGATED, TracedCgroup},
 };
 
 use crate::{
@@ -67,17 +67,17 @@ pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let mut flags = 0;
     let mut root = 0;
     if let Some(parent) = unsafe { TRACED.get(cg.parent_id) } {
-        let entry = if parent.flags & FILTER_CHILDREN_ARE_ROOTS != 0 {
-            FilterEntry {
+        let entry = if parent.flags & TRACE_CHILDREN_ARE_ROOTS != 0 {
+            TracedCgroup {
                 root: cg.id,
-                flags: FILTER_PROPAGATED | (parent.flags & FILTER_NO_SUPPRESS),
-                ..FilterEntry::default()
+                flags: TRACE_PROPAGATED | (parent.flags & TRACE_NO_SUPPRESS),
+                ..TracedCgroup::default()
             }
         } else {
-            FilterEntry {
+            TracedCgroup {
                 root: parent.root,
-                flags: FILTER_PROPAGATED | (parent.flags & FILTER_NO_SUPPRESS),
-                ..FilterEntry::default()
+                flags: TRACE_PROPAGATED | (parent.flags & TRACE_NO_SUPPRESS),
+                ..TracedCgroup::default()
             }
         };
         if TRACED.insert(cg.id, entry, BPF_NOEXIST).is_ok() {
@@ -89,8 +89,8 @@ pub fn try_mkdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
             // here and, for a sub-cgroup of a task, in that task's `lost`
             // (its record is partial; the cause shows as the ring buffer's,
             // the entry has no field of its own for it).
-            count(loss::FILTER_INSERT_FAILED);
-            if parent.flags & FILTER_CHILDREN_ARE_ROOTS == 0
+            count(loss::TRACE_SET_FULL);
+            if parent.flags & TRACE_CHILDREN_ARE_ROOTS == 0
                 && let Some(task) = TRACED.get_ptr_mut(parent.root)
             {
                 atomic_add(unsafe { &raw mut (*task).lost }, 1);
@@ -113,7 +113,7 @@ pub fn try_rmdir(ctx: &BtfTracePointContext) -> Result<(), i64> {
         root = entry.root;
         // A propagated sub-cgroup holds no task state: forget it here. Task
         // roots stay until userspace has read their loss counter.
-        if entry.flags & FILTER_PROPAGATED != 0 && entry.root != cg.id {
+        if entry.flags & TRACE_PROPAGATED != 0 && entry.root != cg.id {
             let _ = TRACED.remove(cg.id);
         }
     }

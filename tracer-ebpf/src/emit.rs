@@ -3,9 +3,9 @@
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns};
 use roar_node_common::{
     event::{EventHeader, EventKind},
-    filter::FilterEntry,
     limits::SCRATCH_SIZE,
     loss,
+    traced::TracedCgroup,
 };
 
 use crate::maps::{EVENTS, SCRATCH, atomic_add, atomic_add32, count, global};
@@ -36,7 +36,7 @@ pub fn scratch() -> Result<*mut u8, i64> {
 /// full ring buffer, so the loss reaches the task's record. Costs nothing
 /// on success: callers hold the entry already.
 #[inline(always)]
-pub fn abandoned(task: *mut FilterEntry, err: i64) {
+pub fn abandoned(task: *mut TracedCgroup, err: i64) {
     count(if err == NO_SCRATCH {
         loss::SCRATCH_UNAVAILABLE
     } else {
@@ -75,7 +75,7 @@ pub fn header(kind: EventKind, root: u64) -> EventHeader {
 /// counted per kind in `STATS` and on the task's filter entry, so it shows
 /// up in the task's record.
 #[inline(always)]
-pub fn submit(buf: *mut u8, size: usize, kind: EventKind, task: *mut FilterEntry) -> bool {
+pub fn submit(buf: *mut u8, size: usize, kind: EventKind, task: *mut TracedCgroup) -> bool {
     // Masking proves to the verifier that the read stays inside the buffer.
     let size = size & (SCRATCH_SIZE - 1);
     put::<u32>(buf, core::mem::offset_of!(EventHeader, size), size as u32);

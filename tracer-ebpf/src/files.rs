@@ -18,18 +18,18 @@ use aya_ebpf::{
 };
 use roar_node_common::{
     event::{EventHeader, EventKind, OpenData, RenameData, UnlinkData},
-    filter::{FILTER_NO_SUPPRESS, SEEN_READ, SEEN_WRITE, SeenKey},
     loss,
     path::PathHeader,
     syscalls::{self, AT_FDCWD},
+    traced::{SEEN_READ, SEEN_WRITE, SeenKey, TRACE_NO_SUPPRESS},
 };
 
 use crate::{
     emit::{header, put, scratch, submit},
-    filter::{self, Traced},
     kernel::*,
     maps::{SEEN, atomic_add, count, global},
     path::{OFFSET_MASK, read_user_str, walk},
+    traced::{self, Traced},
 };
 
 const OPEN_TAIL: usize = size_of::<EventHeader>() + size_of::<OpenData>();
@@ -56,7 +56,7 @@ pub fn traced_exit(ctx: &TracePointContext) -> Option<(Traced, u32, u64)> {
         return None;
     }
     let nr = unsafe { *(base.add(TP_NR) as *const i32) } as u32;
-    Some((filter::current()?, nr, ret as u64))
+    Some((traced::current()?, nr, ret as u64))
 }
 
 /// Attached only to the exits of the syscalls below (one tracepoint each),
@@ -136,7 +136,7 @@ fn on_open(regs: u64, nr: u32, fd: u32, t: Traced) -> Result<(), i64> {
     // First read and first write of a file object per task (and epoch) are
     // enough for provenance; repeats stay in the kernel, decided before
     // any further read.
-    let suppress = unsafe { (*t.entry).flags } & FILTER_NO_SUPPRESS == 0;
+    let suppress = unsafe { (*t.entry).flags } & TRACE_NO_SUPPRESS == 0;
     let key = SeenKey {
         root: t.root,
         ino,

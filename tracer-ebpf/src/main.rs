@@ -21,11 +21,11 @@
 mod cgroups;
 mod emit;
 mod files;
-mod filter;
 mod kernel;
 mod maps;
 mod path;
 mod process;
+mod traced;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
@@ -43,7 +43,7 @@ pub fn sys_exit_file(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
-    if let Some(t) = filter::current() {
+    if let Some(t) = traced::current() {
         traced(t, process::try_exec(&ctx, t));
     }
     0
@@ -51,7 +51,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
-    if let Some(t) = filter::current() {
+    if let Some(t) = traced::current() {
         traced(t, process::try_fork(&ctx, t));
     }
     0
@@ -60,7 +60,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if process::group_dead(&ctx)
-        && let Some(t) = filter::current()
+        && let Some(t) = traced::current()
     {
         traced(t, process::try_exit(&ctx, t));
     }
@@ -88,7 +88,7 @@ pub fn cgroup_rmdir(ctx: BtfTracePointContext) -> i32 {
 /// never silently: counted globally and on the task, so its record shows
 /// the loss and is marked partial.
 #[inline(always)]
-fn traced(t: filter::Traced, result: Result<(), i64>) {
+fn traced(t: traced::Traced, result: Result<(), i64>) {
     if let Err(e) = result {
         emit::abandoned(t.entry, e);
     }

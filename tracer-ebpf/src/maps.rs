@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use roar_node_common::{
-    filter::{FilterEntry, SeenKey},
     limits::SCRATCH_SIZE,
     loss::STATS_LEN,
     offsets::{KernelOffsets, TracerConfig},
+    traced::{SeenKey, TracedCgroup},
 };
 
 /// Events to userspace. The daemon sizes it at load time.
@@ -17,7 +17,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// cgroup id -> filter entry: the only policy the kernel knows.
 #[map]
-pub static TRACED: HashMap<u64, FilterEntry> = HashMap::with_max_entries(16 * 1024, 0);
+pub static TRACED: HashMap<u64, TracedCgroup> = HashMap::with_max_entries(16 * 1024, 0);
 
 /// (task, file object, epoch) -> accesses already reported.
 #[map]

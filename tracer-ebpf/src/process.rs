@@ -17,10 +17,10 @@ use roar_node_common::{
 
 use crate::{
     emit::{header, put, scratch, submit},
-    filter::Traced,
     kernel::*,
     maps::global,
     path::walk,
+    traced::Traced,
 };
 
 const EXEC_TAIL: usize = size_of::<EventHeader>() + size_of::<ExecData>();

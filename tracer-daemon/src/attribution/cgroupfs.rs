@@ -1,9 +1,9 @@
 //! cgroup v2 on the host: finding its mount, making and removing the
-//! cgroup a local run is traced in.
+//! cgroup a local run is traced in, and what the daemon reads of a
+//! container's cgroup (whether it is populated, a process in it).
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::Write,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -103,7 +103,9 @@ impl LocalCgroup {
     }
 
     /// Moves process `pid` into this cgroup.
+    #[cfg(test)]
     pub fn add(&self, pid: u32) -> std::io::Result<()> {
+        use std::io::Write;
         (&self.procs).write_all(pid.to_string().as_bytes())
     }
 
@@ -139,6 +141,39 @@ impl Drop for LocalCgroup {
     }
 }
 
+/// A process in the cgroup at `rel`, as a host PID. cgroup.procs shows
+/// PIDs in the reader's PID namespace (0 for processes outside it, which
+/// all are when the daemon runs without hostPID), so the host's /proc is
+/// searched instead: the process whose cgroup v2 line (`0::<path>`) names
+/// this cgroup or one below it.
+pub(crate) fn pid_in_cgroup(host_proc: &Path, rel: &str) -> Option<u32> {
+    let below = format!("{rel}/");
+    std::fs::read_dir(host_proc)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(host_proc.join(pid.to_string()).join("cgroup"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_string()))
+                })
+                .is_some_and(|p| p == rel || p.starts_with(&below))
+        })
+}
+
+/// Whether any process is in the cgroup (false when it is gone).
+pub(crate) fn populated(cgroot: &Path, rel: &str) -> bool {
+    std::fs::read_to_string(
+        cgroot
+            .join(rel.trim_start_matches('/'))
+            .join("cgroup.events"),
+    )
+    .map(|s| s.lines().any(|l| l.trim() == "populated 1"))
+    .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +193,34 @@ mod tests {
             vec![PathBuf::from("/host/sys/fs/my cg")]
         );
         assert!(cgroup2_mounts("25 24 0:22 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw").is_empty());
+    }
+
+    /// Finds a process put in a real cgroup through /proc (needs root).
+    #[test]
+    fn finds_a_process_of_a_cgroup_through_proc() {
+        let Ok(root) = find_cgroup2() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let name = format!("pid-in-cgroup-{}", std::process::id());
+        let cg = match LocalCgroup::create(&root, &name) {
+            Ok(cg) => cg,
+            Err(e) => {
+                eprintln!("skipped: cannot make a cgroup ({e}); run as root");
+                return;
+            }
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        cg.add(child.id()).unwrap();
+        let found = pid_in_cgroup(Path::new("/proc"), &cg.rel);
+        let empty = pid_in_cgroup(Path::new("/proc"), &format!("{}-none", cg.rel));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = cg.remove();
+        assert_eq!(found, Some(child.id()));
+        assert_eq!(empty, None);
     }
 }

@@ -3,18 +3,18 @@
 //! a pod on this node: [`Attributor`] joins the cgroup v2 tree (start-up
 //! walk, then the kernel's mkdir/rmdir events) with the pods the API
 //! server describes, applies the opt-in policy, and tells the daemon what
-//! to put in the kernel filter and which tasks to start. It does no I/O
+//! to put in the kernel trace set and which tasks to start. It does no I/O
 //! and knows nothing of files: the daemon executes its [`Action`]s.
 //!
 //! How a traced container's first exec is caught: as soon as an opted-in
-//! pod's own cgroup is known, it goes into the kernel filter with
-//! `FILTER_CHILDREN_ARE_ROOTS`, so the kernel makes every container cgroup
+//! pod's own cgroup is known, it goes into the kernel trace set with
+//! `TRACE_CHILDREN_ARE_ROOTS`, so the kernel makes every container cgroup
 //! created below it a task root of its own at `mkdir`, before any process
 //! runs there. Its events are collected as a task from that moment (the
 //! engine's per-task state, bounded by its limits, is the queue): who it
 //! is comes later, when the container's id appears in the pod's status,
 //! which for a short container is often after it has ended. The sandbox
-//! and containers the policy leaves out are then dropped from the filter
+//! and containers the policy leaves out are then dropped from the trace set
 //! and their events counted as ignored; containers that never resolve are
 //! counted as unattributed.
 
@@ -22,6 +22,10 @@ pub mod cgroup_path;
 pub mod cgroupfs;
 pub mod pods;
 pub mod policy;
+mod task;
+
+pub(crate) use self::task::TaskMeta;
+pub use self::task::{Role, TraceReason};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,44 +39,17 @@ use self::{
 };
 use crate::events::{CgroupChange, Event};
 
-/// Who a traced container cgroup is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskMeta {
-    pub cgroup_id: u64,
-    pub cgroup_path: String,
-    pub pod_uid: String,
-    pub container: String,
-    pub container_id: String,
-    pub restart_count: i32,
-    pub role: &'static str,
-    /// Why the pod is traced (policy).
-    pub reason: String,
-    /// The container was already running when roar-node started tracing
-    /// it: processes and files before that are missing.
-    pub started_before_agent: bool,
-}
-
-impl TaskMeta {
-    /// roar's k8s contract: `pod_uid:container:completion_index:restart_attempt`.
-    pub fn task_id(&self) -> String {
-        format!(
-            "{}:{}:0:{}",
-            self.pod_uid, self.container, self.restart_count
-        )
-    }
-}
-
 /// What the daemon must do.
 #[derive(Debug)]
 pub enum Action {
-    /// Put a pod's cgroup in the kernel filter, its children as roots.
+    /// Put a pod's cgroup in the kernel trace set, its children as roots.
     TracePod(u64),
-    /// Put a container cgroup in the kernel filter as a task root (one
+    /// Put a container cgroup in the kernel trace set as a task root (one
     /// that existed before its pod was known to be traced).
     TraceContainer(u64),
-    /// Take a cgroup (and what the kernel added below it) out of the filter.
+    /// Take a cgroup (and what the kernel added below it) out of the trace set.
     Untrace(u64),
-    /// A container cgroup of a traced pod appeared in the filter: collect
+    /// A container cgroup of a traced pod appeared in the trace set: collect
     /// its events as a task now, who it is comes later (`Resolved`) or it
     /// is dropped (`Discard`).
     Begin { cgroup: u64, path: String },
@@ -113,11 +90,11 @@ pub struct AttributionStats {
 #[derive(Debug)]
 enum CgState {
     /// A container cgroup of a traced pod whose container is not known
-    /// yet. `in_filter`: the kernel (or we) put it in the trace filter.
+    /// yet. `in_trace_set`: the kernel (or we) put it in the kernel trace set.
     Pending {
-        in_filter: bool,
+        in_trace_set: bool,
     },
-    Traced(TaskMeta),
+    Traced,
     Ignored,
 }
 
@@ -134,7 +111,7 @@ pub struct Attributor {
     cgroups: HashMap<u64, CgroupInfo>,
     /// Pod UID -> its pod-level cgroup.
     pod_cgroups: HashMap<String, u64>,
-    /// Pod cgroups in the kernel filter.
+    /// Pod cgroups in the kernel trace set.
     traced_pods: HashSet<u64>,
     states: HashMap<u64, CgState>,
     warned: HashSet<String>,
@@ -158,7 +135,7 @@ impl Attributor {
         }
     }
 
-    fn traced_reason(&mut self, pod: &PodInfo, out: &mut Vec<Action>) -> Option<String> {
+    fn traced_reason(&mut self, pod: &PodInfo, out: &mut Vec<Action>) -> Option<TraceReason> {
         match self.policy.decide(pod) {
             Decision::Trace(why) => Some(why),
             Decision::Skip => None,
@@ -171,15 +148,15 @@ impl Attributor {
         }
     }
 
-    fn set_pending(&mut self, id: u64, in_filter: bool, out: &mut Vec<Action>) {
+    fn set_pending(&mut self, id: u64, in_trace_set: bool, out: &mut Vec<Action>) {
         // Seen twice (the start-up walk and a mkdir event racing it):
         // the first state stands.
         if self.states.contains_key(&id) {
             return;
         }
-        self.states.insert(id, CgState::Pending { in_filter });
+        self.states.insert(id, CgState::Pending { in_trace_set });
         self.stats.waiting += 1;
-        if in_filter {
+        if in_trace_set {
             out.push(Action::Begin {
                 cgroup: id,
                 path: self.cgroups[&id].path.clone(),
@@ -333,9 +310,9 @@ impl Attributor {
 
     /// Drops a pending cgroup: known not traced, or never resolved.
     fn drop_pending(&mut self, id: u64, unattributed: bool, out: &mut Vec<Action>) {
-        if let Some(CgState::Pending { in_filter }) = self.states.insert(id, CgState::Ignored) {
+        if let Some(CgState::Pending { in_trace_set }) = self.states.insert(id, CgState::Ignored) {
             self.stats.waiting = self.stats.waiting.saturating_sub(1);
-            if in_filter {
+            if in_trace_set {
                 out.push(Action::Untrace(id));
                 out.push(Action::Discard {
                     cgroup: id,
@@ -352,10 +329,10 @@ impl Attributor {
 
     /// Tries to settle a pending container cgroup.
     fn resolve(&mut self, id: u64, out: &mut Vec<Action>) {
-        let Some(CgState::Pending { in_filter }) = self.states.get(&id) else {
+        let Some(CgState::Pending { in_trace_set }) = self.states.get(&id) else {
             return;
         };
-        let in_filter = *in_filter;
+        let in_trace_set = *in_trace_set;
         let Some(cc) = self.container_cgroup(id).cloned() else {
             return; // path not known yet
         };
@@ -392,13 +369,13 @@ impl Attributor {
             restart_count: run.restart_count,
             role,
             reason,
-            // Not in the filter from its creation: known only from the
+            // Not in the trace set from its creation: known only from the
             // start-up walk, or created before its pod was known.
-            started_before_agent: !in_filter,
+            started_before_agent: !in_trace_set,
         };
-        self.states.insert(id, CgState::Traced(meta.clone()));
+        self.states.insert(id, CgState::Traced);
         self.stats.waiting = self.stats.waiting.saturating_sub(1);
-        if !in_filter {
+        if !in_trace_set {
             out.push(Action::TraceContainer(id));
             out.push(Action::Begin {
                 cgroup: id,
@@ -411,8 +388,8 @@ impl Attributor {
     /// Routes a task event (not a cgroup one).
     pub fn route(&mut self, ev: &Event) -> Route {
         match self.states.get(&ev.task) {
-            Some(CgState::Traced(_)) => Route::Task,
-            Some(CgState::Pending { in_filter: true }) => {
+            Some(CgState::Traced) => Route::Task,
+            Some(CgState::Pending { in_trace_set: true }) => {
                 self.stats.before_resolution += 1;
                 Route::Task
             }
@@ -420,7 +397,10 @@ impl Attributor {
                 self.stats.ignored += 1;
                 Route::Ignored
             }
-            Some(CgState::Pending { in_filter: false }) | None => {
+            Some(CgState::Pending {
+                in_trace_set: false,
+            })
+            | None => {
                 self.stats.unattributed += 1;
                 Route::Unattributed
             }
@@ -439,8 +419,10 @@ impl Attributor {
         match self.states.get(&id) {
             None => {}
             // Found by the start-up walk, waiting for its pod outside the
-            // filter: into the filter now.
-            Some(CgState::Pending { in_filter: false }) => {
+            // trace set: into it now.
+            Some(CgState::Pending {
+                in_trace_set: false,
+            }) => {
                 self.states.remove(&id);
                 self.stats.waiting = self.stats.waiting.saturating_sub(1);
             }
@@ -499,14 +481,6 @@ impl Attributor {
         &self.policy
     }
 
-    /// The task on cgroup `id`, if it is traced.
-    pub fn task(&self, id: u64) -> Option<&TaskMeta> {
-        match self.states.get(&id) {
-            Some(CgState::Traced(m)) => Some(m),
-            _ => None,
-        }
-    }
-
     pub fn cgroup_removed(&self, id: u64) -> bool {
         self.cgroups.get(&id).is_some_and(|c| c.removed.is_some())
     }
@@ -539,7 +513,7 @@ impl Attributor {
             .cgroups
             .iter()
             .filter(|(id, c)| match (c.removed, self.states.get(id)) {
-                (None, _) | (_, Some(CgState::Traced(_))) => false,
+                (None, _) | (_, Some(CgState::Traced)) => false,
                 (Some(t), Some(CgState::Pending { .. })) => now.duration_since(t) > pending_grace,
                 (Some(_), _) => true,
             })
@@ -610,6 +584,15 @@ mod tests {
         p.container(name).unwrap().runs[0].container_id.clone()
     }
 
+    fn resolved(acts: &[Action], cgroup: u64) -> &TaskMeta {
+        acts.iter()
+            .find_map(|a| match a {
+                Action::Resolved(m) if m.cgroup_id == cgroup => Some(m),
+                _ => None,
+            })
+            .unwrap()
+    }
+
     fn names(acts: &[Action]) -> Vec<String> {
         acts.iter()
             .map(|a| match a {
@@ -678,11 +661,11 @@ mod tests {
         assert_eq!(a.stats.ignored, 1);
         assert_eq!(a.stats.unattributed, 1);
         assert_eq!(a.stats.waiting, 0);
-        assert!(!a.task(14).unwrap().started_before_agent);
+        assert!(!resolved(&acts, 14).started_before_agent);
     }
 
     /// Start-up: cgroups walked before the pods are listed; running
-    /// containers go into the filter directly.
+    /// containers go into the trace set directly.
     #[test]
     fn startup_walk_then_list() {
         let full = pod();
@@ -705,7 +688,7 @@ mod tests {
                 format!("resolved 14 user {uid}:train:0:0")
             ]
         );
-        assert!(a.task(14).unwrap().started_before_agent);
+        assert!(resolved(&acts, 14).started_before_agent);
     }
 
     /// A restarted container's new cgroup appears before the status shows
@@ -752,7 +735,7 @@ mod tests {
     }
 
     /// A container a previous daemon traced, found by the start-up walk:
-    /// into the filter at once, before its pod is known; it resolves as a
+    /// into the trace set at once, before its pod is known; it resolves as a
     /// task that was traced all along (the spool says what is missing).
     #[test]
     fn resumed_after_the_walk() {

@@ -236,18 +236,11 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct PodIndex {
     pods: HashMap<String, Entry>,
-    by_container: HashMap<String, String>,
 }
 
 impl PodIndex {
     /// Adds or replaces a pod. Returns the previous version.
     pub fn upsert(&mut self, pod: PodInfo) -> Option<PodInfo> {
-        for c in &pod.containers {
-            for r in &c.runs {
-                self.by_container
-                    .insert(r.container_id.clone(), pod.uid.clone());
-            }
-        }
         let uid = pod.uid.clone();
         self.pods
             .insert(
@@ -284,16 +277,11 @@ impl PodIndex {
             .collect();
         for uid in gone {
             self.pods.remove(&uid);
-            self.by_container.retain(|_, u| *u != uid);
         }
     }
 
     pub fn get(&self, uid: &str) -> Option<&PodInfo> {
         self.pods.get(uid).map(|e| &e.pod)
-    }
-
-    pub fn by_container_id(&self, id: &str) -> Option<&PodInfo> {
-        self.by_container.get(id).and_then(|uid| self.get(uid))
     }
 
     /// UIDs of every pod not in `keep` (for a re-list: pods that vanished
@@ -316,10 +304,6 @@ impl PodIndex {
             .values()
             .filter(|e| e.deleted_at.is_none())
             .map(|e| &e.pod)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pods.is_empty()
     }
 }
 
@@ -357,14 +341,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn index_by_container_and_tombstones() {
+    fn index_and_tombstones() {
         let info = PodInfo::from_pod(&pod(OSMO_POD)).unwrap();
-        let id = info.container("osmo-ctrl").unwrap().runs[0]
-            .container_id
-            .clone();
         let mut idx = PodIndex::default();
         idx.upsert(info.clone());
-        assert_eq!(idx.by_container_id(&id).unwrap().uid, info.uid);
+        assert_eq!(idx.get(&info.uid).unwrap().uid, info.uid);
         let t0 = Instant::now();
         idx.delete(&info.uid, t0);
         assert!(idx.is_deleted(&info.uid));
@@ -382,7 +363,6 @@ pub(crate) mod tests {
             |_| false,
         );
         assert!(idx.get(&info.uid).is_none());
-        assert!(idx.by_container_id(&id).is_none());
     }
 
     #[test]

@@ -12,7 +12,10 @@
 
 use std::{collections::BTreeMap, io::Read, path::Path};
 
-use super::pods::{ContainerKind, PodInfo};
+use super::{
+    pods::{ContainerKind, PodInfo},
+    task::{Role, TraceReason},
+};
 
 pub const ANNOTATION: &str = "roar-node/trace";
 pub const OSMO_TASK_LABEL: &str = "osmo.task_uuid";
@@ -104,7 +107,7 @@ pub struct Policy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Traced; why (for the log and the record).
-    Trace(String),
+    Trace(TraceReason),
     /// Not traced.
     Skip,
     /// Not traced because the annotation is malformed: warn the operator.
@@ -145,7 +148,7 @@ impl Policy {
 
     pub fn decide(&self, pod: &PodInfo) -> Decision {
         match pod.annotations.get(ANNOTATION).map(|v| v.trim()) {
-            Some("true") => return Decision::Trace(format!("annotation {ANNOTATION}=true")),
+            Some("true") => return Decision::Trace(TraceReason::Annotation),
             Some("false") => return Decision::Skip,
             Some(other) => {
                 return Decision::Invalid(format!(
@@ -156,13 +159,13 @@ impl Policy {
             None => {}
         }
         if self.namespaces.contains(&pod.namespace) {
-            return Decision::Trace(format!("namespace {}", pod.namespace));
+            return Decision::Trace(TraceReason::Namespace(pod.namespace.clone()));
         }
         if let Some(s) = self.selectors.iter().find(|s| s.matches(&pod.labels)) {
-            return Decision::Trace(format!("selector {}", s.as_str()));
+            return Decision::Trace(TraceReason::Selector(s.as_str().into()));
         }
         if self.osmo && is_osmo(pod) {
-            return Decision::Trace("preset osmo".into());
+            return Decision::Trace(TraceReason::OsmoPreset);
         }
         Decision::Skip
     }
@@ -273,7 +276,7 @@ pub fn is_osmo(pod: &PodInfo) -> bool {
 }
 
 /// The role of a container of a traced pod, or `None` if it is not traced.
-pub fn container_role(pod: &PodInfo, container: &str) -> Option<&'static str> {
+pub fn container_role(pod: &PodInfo, container: &str) -> Option<Role> {
     let c = pod.container(container)?;
     if c.kind == ContainerKind::Ephemeral {
         return None;
@@ -281,13 +284,13 @@ pub fn container_role(pod: &PodInfo, container: &str) -> Option<&'static str> {
     if is_osmo(pod) {
         return match (c.kind, c.name.as_str()) {
             (_, OSMO_INIT) | (ContainerKind::Init, _) => None,
-            (_, OSMO_CTRL) => Some("osmo-ctrl"),
-            _ => Some("user"),
+            (_, OSMO_CTRL) => Some(Role::OsmoCtrl),
+            _ => Some(Role::User),
         };
     }
     Some(match c.kind {
-        ContainerKind::Init => "init",
-        _ => "task",
+        ContainerKind::Init => Role::Init,
+        _ => Role::Task,
     })
 }
 
@@ -453,12 +456,12 @@ mod tests {
     fn osmo_roles() {
         let p = osmo_pod();
         assert_eq!(container_role(&p, OSMO_INIT), None);
-        assert_eq!(container_role(&p, OSMO_CTRL), Some("osmo-ctrl"));
-        assert_eq!(container_role(&p, "train"), Some("user"));
+        assert_eq!(container_role(&p, OSMO_CTRL), Some(Role::OsmoCtrl));
+        assert_eq!(container_role(&p, "train"), Some(Role::User));
         assert_eq!(container_role(&p, "nope"), None);
         let mut k = p.clone();
         k.labels.clear();
-        assert_eq!(container_role(&k, OSMO_INIT), Some("init"));
-        assert_eq!(container_role(&k, "train"), Some("task"));
+        assert_eq!(container_role(&k, OSMO_INIT), Some(Role::Init));
+        assert_eq!(container_role(&k, "train"), Some(Role::Task));
     }
 }

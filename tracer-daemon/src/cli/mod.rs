@@ -1,9 +1,10 @@
-//! Command line: wiring only.
+//! The command line: argument parsing for each command, which then calls
+//! into its module (`local`, `daemon`, `sinks::bundle`), and the final error
+//! line.
 
-pub mod bundles;
-pub mod capture;
-pub mod daemon;
-pub mod run;
+mod bundles;
+mod daemon;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -15,7 +16,7 @@ use crate::observability::logging::{self, LogFormat};
     version,
     about = "eBPF provenance capture: one roar record per task, no wrapping"
 )]
-pub struct Cli {
+struct Cli {
     /// Log lines as text (for a terminal) or JSON, one object per line (for
     /// a log collector). RUST_LOG chooses which lines (default: warn).
     #[arg(
@@ -25,13 +26,13 @@ pub struct Cli {
         default_value_t = LogFormat::Text,
         env = logging::LOG_FORMAT_ENV
     )]
-    pub log_format: LogFormat,
+    log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// Trace CMD and every process it starts; write one roar fragment
     /// bundle when they have all exited. Exits with CMD's exit code.
     Run(run::RunArgs),
@@ -60,8 +61,8 @@ pub fn main() -> i32 {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
-            Command::Daemon(args) => daemon::daemon(*args).await,
-            Command::Bundles(args) => bundles::bundles(args),
+            Command::Daemon(args) => daemon::run(*args).await,
+            Command::Bundles(args) => bundles::run(args),
         }
     });
     match result {

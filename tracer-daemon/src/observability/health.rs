@@ -18,6 +18,9 @@ pub const DEFAULT_STALENESS: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct Health {
+    /// Why this node cannot be traced at all (no cgroup v2, no BTF, the
+    /// kernel refused the programs), once known: never ready then.
+    unsupported: std::sync::OnceLock<String>,
     programs_attached: AtomicBool,
     pod_cache_synced: AtomicBool,
     /// Milliseconds from `origin` to the last beat.
@@ -32,7 +35,7 @@ pub enum NotOk {
     /// The loop has not beaten for `since` (more than `limit`).
     Stale { since: Duration, limit: Duration },
     /// Not ready: what is missing, in words.
-    Missing(Vec<&'static str>),
+    Missing(Vec<String>),
 }
 
 impl fmt::Display for NotOk {
@@ -60,6 +63,7 @@ impl Health {
     /// list) has `staleness` to reach the loop before /healthz fails.
     pub fn new(staleness: Duration) -> Self {
         Self {
+            unsupported: std::sync::OnceLock::new(),
             programs_attached: AtomicBool::new(false),
             pod_cache_synced: AtomicBool::new(false),
             last_beat_ms: AtomicU64::new(0),
@@ -68,14 +72,15 @@ impl Health {
         }
     }
 
-    pub fn staleness(&self) -> Duration {
-        self.staleness
-    }
-
     /// The daemon loop calls this every tick.
     pub fn beat(&self) {
         self.last_beat_ms
             .store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// This node cannot be traced, and why: /readyz says so from now on.
+    pub fn set_unsupported(&self, why: String) {
+        let _ = self.unsupported.set(why);
     }
 
     pub fn set_programs_attached(&self, attached: bool) {
@@ -118,14 +123,17 @@ impl Health {
     /// missing part, so one probe failure says all that is wrong.
     pub fn readiness(&self) -> Result<(), NotOk> {
         let mut missing = Vec::new();
+        if let Some(why) = self.unsupported.get() {
+            missing.push(format!("cannot trace on this node: {why}"));
+        }
         if !self.programs_attached() {
-            missing.push("programs not attached");
+            missing.push("programs not attached".into());
         }
         if !self.pod_cache_synced() {
-            missing.push("pod cache not synced");
+            missing.push("pod cache not synced".into());
         }
         if self.liveness().is_err() {
-            missing.push("daemon loop stalled");
+            missing.push("daemon loop stalled".into());
         }
         if missing.is_empty() {
             Ok(())
@@ -163,6 +171,19 @@ mod tests {
             h.readiness().unwrap_err().to_string(),
             "not ready: programs not attached"
         );
+    }
+
+    /// A node that cannot be traced is never ready, and says why first.
+    #[test]
+    fn unsupported_node_says_why() {
+        let h = Health::default();
+        h.set_pod_cache_synced(true);
+        h.set_unsupported("no cgroup v2 mount".into());
+        assert_eq!(
+            h.readiness().unwrap_err().to_string(),
+            "not ready: cannot trace on this node: no cgroup v2 mount, programs not attached"
+        );
+        assert_eq!(h.liveness(), Ok(()), "alive: not restarted hot");
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub struct Metrics {
     pub pod_watch_errors: Counter,
     /// 1 while the last API server call (list/watch) succeeded, else 0.
     pub api_server_reachable: Gauge,
+    /// 1 once the programs are attached; 0 when this node cannot be
+    /// traced (no cgroup v2, no BTF, programs refused: /readyz says why).
+    pub node_supported: Gauge,
 }
 
 impl Metrics {
@@ -189,6 +192,7 @@ impl Metrics {
             policy_generation: Gauge::default(),
             pod_watch_errors: Counter::default(),
             api_server_reachable: Gauge::default(),
+            node_supported: Gauge::default(),
         };
         // Series that exist from the start (an empty family is not
         // exported at all, and a series born at its first increment hides
@@ -202,101 +206,10 @@ impl Metrics {
         for q in queue::ALL {
             let _ = m.queue_depth.get_or_create(&QueueLabel::new(q));
         }
+        m.register_event_families();
+        m.register_record_families();
+        m.register_daemon_families();
         let r = &mut m.registry;
-        // Counter names carry no `_total`: the encoder appends it.
-        r.register(
-            "events",
-            "Events read from the kernel ring buffer, by kind",
-            m.events.clone(),
-        );
-        r.register(
-            "events_lost",
-            "Events lost before reaching a task (kernel ring buffer full, undecodable, ...), by cause",
-            m.events_lost.clone(),
-        );
-        r.register(
-            "unattributed_events",
-            "Events of traced cgroups that never resolved to a task",
-            m.unattributed_events.clone(),
-        );
-        r.register(
-            "ignored_events",
-            "Events of cgroups that resolved to containers not opted in",
-            m.ignored_events.clone(),
-        );
-        r.register(
-            "queue_depth",
-            "Items waiting in each internal queue (bytes for ring_buffer_unread_bytes)",
-            m.queue_depth.clone(),
-        );
-        r.register(
-            "records_emitted",
-            "Records (roar fragment bundles) written",
-            m.records_emitted.clone(),
-        );
-        r.register(
-            "records_pending",
-            "Records being built or waiting for their task's identity or exit code",
-            m.records_pending.clone(),
-        );
-        r.register(
-            "record_errors",
-            "Records that could not be written to the bundle directory",
-            m.record_errors.clone(),
-        );
-        r.register(
-            "records_spooled",
-            "Records in the durable spool not yet delivered",
-            m.records_spooled.clone(),
-        );
-        r.register_with_unit(
-            "spool",
-            "Size of the durable spool",
-            Unit::Bytes,
-            m.spool_bytes.clone(),
-        );
-        r.register_with_unit(
-            "hash",
-            "File content hashed",
-            Unit::Bytes,
-            m.hash_bytes.clone(),
-        );
-        r.register("hash_files", "Files hashed", m.hash_files.clone());
-        r.register(
-            "active_tasks",
-            "Tasks (container runs) being followed",
-            m.active_tasks.clone(),
-        );
-        r.register(
-            "tasks_started",
-            "Tasks resolved to an opted-in container",
-            m.tasks_started.clone(),
-        );
-        r.register(
-            "tasks_discarded",
-            "Tasks dropped without a record",
-            m.tasks_discarded.clone(),
-        );
-        r.register(
-            "policy_reload_errors",
-            "Policy reloads that failed (the previous policy stays in force)",
-            m.policy_reload_errors.clone(),
-        );
-        r.register(
-            "policy_generation",
-            "Generation of the policy in force",
-            m.policy_generation.clone(),
-        );
-        r.register(
-            "pod_watch_errors",
-            "Errors of the pod list/watch (each is retried)",
-            m.pod_watch_errors.clone(),
-        );
-        r.register(
-            "api_server_reachable",
-            "1 if the last call to the Kubernetes API server succeeded, else 0",
-            m.api_server_reachable.clone(),
-        );
         // The usual `*_build_info` gauge: constant 1, the facts in labels,
         // so it joins onto any other series by instance.
         let build: Family<VersionLabel, Gauge> = Family::default();
@@ -307,6 +220,115 @@ impl Metrics {
             .set(1);
         r.register("build_info", "roar-node build; the value is 1", build);
         m
+    }
+
+    /// Counter names carry no `_total`: the encoder appends it.
+    fn register_event_families(&mut self) {
+        self.registry.register(
+            "events",
+            "Events read from the kernel ring buffer, by kind",
+            self.events.clone(),
+        );
+        self.registry.register(
+            "events_lost",
+            "Events lost before reaching a task (kernel ring buffer full, undecodable, ...), by cause",
+            self.events_lost.clone(),
+        );
+        self.registry.register(
+            "unattributed_events",
+            "Events of traced cgroups that never resolved to a task",
+            self.unattributed_events.clone(),
+        );
+        self.registry.register(
+            "ignored_events",
+            "Events of cgroups that resolved to containers not opted in",
+            self.ignored_events.clone(),
+        );
+        self.registry.register(
+            "queue_depth",
+            "Items waiting in each internal queue (bytes for ring_buffer_unread_bytes)",
+            self.queue_depth.clone(),
+        );
+    }
+
+    fn register_record_families(&mut self) {
+        self.registry.register(
+            "records_emitted",
+            "Records (roar fragment bundles) written",
+            self.records_emitted.clone(),
+        );
+        self.registry.register(
+            "records_pending",
+            "Records being built or waiting for their task's identity or exit code",
+            self.records_pending.clone(),
+        );
+        self.registry.register(
+            "record_errors",
+            "Records that could not be written to the bundle directory",
+            self.record_errors.clone(),
+        );
+        self.registry.register(
+            "records_spooled",
+            "Records in the durable spool not yet delivered",
+            self.records_spooled.clone(),
+        );
+        self.registry.register_with_unit(
+            "spool",
+            "Size of the durable spool",
+            Unit::Bytes,
+            self.spool_bytes.clone(),
+        );
+        self.registry.register_with_unit(
+            "hash",
+            "File content hashed",
+            Unit::Bytes,
+            self.hash_bytes.clone(),
+        );
+        self.registry
+            .register("hash_files", "Files hashed", self.hash_files.clone());
+    }
+
+    fn register_daemon_families(&mut self) {
+        self.registry.register(
+            "active_tasks",
+            "Tasks (container runs) being followed",
+            self.active_tasks.clone(),
+        );
+        self.registry.register(
+            "tasks_started",
+            "Tasks resolved to an opted-in container",
+            self.tasks_started.clone(),
+        );
+        self.registry.register(
+            "tasks_discarded",
+            "Tasks dropped without a record",
+            self.tasks_discarded.clone(),
+        );
+        self.registry.register(
+            "policy_reload_errors",
+            "Policy reloads that failed (the previous policy stays in force)",
+            self.policy_reload_errors.clone(),
+        );
+        self.registry.register(
+            "policy_generation",
+            "Generation of the policy in force",
+            self.policy_generation.clone(),
+        );
+        self.registry.register(
+            "pod_watch_errors",
+            "Errors of the pod list/watch (each is retried)",
+            self.pod_watch_errors.clone(),
+        );
+        self.registry.register(
+            "api_server_reachable",
+            "1 if the last call to the Kubernetes API server succeeded, else 0",
+            self.api_server_reachable.clone(),
+        );
+        self.registry.register(
+            "node_supported",
+            "1 once the programs are attached; 0 if this node cannot be traced (/readyz says why)",
+            self.node_supported.clone(),
+        );
     }
 
     /// The OpenMetrics text exposition of every family, `# EOF` included.
@@ -395,6 +417,7 @@ mod tests {
             ("policy_generation", "gauge"),
             ("pod_watch_errors", "counter"),
             ("api_server_reachable", "gauge"),
+            ("node_supported", "gauge"),
             ("build_info", "gauge"),
         ] {
             let full = format!("roar_node_{name}");

@@ -13,11 +13,8 @@ pub mod logging;
 pub mod metrics;
 pub mod server;
 
-pub use health::{DEFAULT_STALENESS, Health, NotOk};
-pub use logging::{LOG_FORMAT_ENV, LogFormat};
-pub use metrics::{
-    CauseLabel, KindLabel, Metrics, QueueLabel, cause, observe_family_total, observe_total, queue,
-};
+pub use health::{DEFAULT_STALENESS, Health};
+pub use metrics::{Metrics, cause, queue};
 pub use server::serve;
 
 /// Where the DaemonSet serves /metrics, /healthz and /readyz (its

@@ -3,11 +3,11 @@
 //! rest of the daemon uses (trace filter, loss counters, ring buffer).
 
 mod btf;
-mod filter;
 mod pins;
 pub mod preflight;
 mod stats;
 mod syscall_exit_layout;
+mod traced;
 
 use std::path::PathBuf;
 
@@ -23,8 +23,8 @@ use roar_node_common::{offsets::TracerConfig, syscalls};
 
 pub use self::{
     btf::KernelBtf,
-    filter::TracedCgroups,
     stats::{KernelStats, StatsReader},
+    traced::TracedCgroups,
 };
 
 /// The compiled programs, built by build.rs from tracer-ebpf.
@@ -132,8 +132,9 @@ fn link_names() -> Vec<String> {
 }
 
 impl Probes {
-    /// Loads and attaches everything. Errors are one line each, saying
-    /// what the kernel refused.
+    /// Loads and attaches everything (or adopts a set a crashed daemon
+    /// left pinned). Errors are one line each, saying what the kernel
+    /// refused.
     pub fn load(options: ProbeOptions) -> Result<Self, ProbeError> {
         if PROGRAMS.is_empty() {
             return Err(ProbeError::NoPrograms);
@@ -163,58 +164,7 @@ impl Probes {
                 pin_error: None,
             });
         }
-        // Two parses of vmlinux BTF (ours for offsets, aya's for
-        // relocations) are the daemon's peak memory: never hold both.
-        let offsets = KernelBtf::from_file(&options.btf_path)?.kernel_offsets()?;
-        let config = TracerConfig {
-            wakeup_bytes: options.wakeup_bytes,
-            daemon_tgid: std::process::id(),
-            _pad: 0,
-        };
-        let btf = Btf::parse_file(&options.btf_path, aya::Endianness::default())
-            .map_err(|e| ProbeError::Btf(e.to_string()))?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global("KERNEL", &offsets, true)
-            .override_global("CONFIG", &config, true)
-            .map_max_entries("EVENTS", options.ring_buffer_bytes)
-            .map_max_entries("SEEN", options.seen_entries)
-            .load(PROGRAMS)?;
-
-        syscall_exit_layout::check()?;
-        let pinning = options.pin_dir.is_some();
-        // Links to pin are taken out of aya's programs (ours to hold).
-        let mut links: Vec<(String, FdLink)> = Vec::new();
-        let prog: &mut TracePoint = program(&mut ebpf, FILE_PROGRAM)?;
-        prog.load().map_err(|e| refused(FILE_PROGRAM, e))?;
-        for name in syscalls::TRACED_EXITS {
-            let id = prog
-                .attach("syscalls", &format!("sys_exit_{name}"))
-                .map_err(|e| refused(&format!("{FILE_PROGRAM} on sys_exit_{name}"), e))?;
-            if pinning {
-                let link = prog.take_link(id).map_err(|e| refused(FILE_PROGRAM, e))?;
-                match FdLink::try_from(link) {
-                    Ok(l) => links.push((format!("{FILE_PROGRAM}-{name}"), l)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "tracepoint link cannot be pinned on this kernel")
-                    }
-                }
-            }
-        }
-        for (name, tp) in BTF_TRACEPOINTS {
-            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            prog.load(tp, &btf).map_err(|e| refused(name, e))?;
-            let id = prog.attach().map_err(|e| refused(name, e))?;
-            if pinning {
-                let link = prog.take_link(id).map_err(|e| refused(name, e))?;
-                links.push(((*name).to_string(), FdLink::from(link)));
-            }
-        }
-        drop(btf);
-        // Hand the parsed BTF's freed heap back to the kernel: otherwise it
-        // stays resident for the daemon's whole life.
-        // SAFETY: malloc_trim only releases free memory.
-        unsafe { libc::malloc_trim(0) };
+        let (mut ebpf, links) = load_and_attach(&options)?;
         let (pinned, unpinned, pin_error) = match (&options.pin_dir, &set_id) {
             (Some(dir), Some(id)) if links.len() == link_names().len() => {
                 pins::pin(dir, id, &ebpf, links)
@@ -302,6 +252,64 @@ impl Probes {
             pins::remove(dir);
         }
     }
+}
+
+/// Loads the object with this kernel's offsets and attaches every
+/// program. With a pin directory, the links are taken out of aya's
+/// programs (ours to pin), named as `link_names` says.
+fn load_and_attach(options: &ProbeOptions) -> Result<(Ebpf, Vec<(String, FdLink)>), ProbeError> {
+    // Two parses of vmlinux BTF (ours for offsets, aya's for
+    // relocations) are the daemon's peak memory: never hold both.
+    let offsets = KernelBtf::from_file(&options.btf_path)?.kernel_offsets()?;
+    let config = TracerConfig {
+        wakeup_bytes: options.wakeup_bytes,
+        daemon_tgid: std::process::id(),
+        _pad: 0,
+    };
+    let btf = Btf::parse_file(&options.btf_path, aya::Endianness::default())
+        .map_err(|e| ProbeError::Btf(e.to_string()))?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("KERNEL", &offsets, true)
+        .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", options.ring_buffer_bytes)
+        .map_max_entries("SEEN", options.seen_entries)
+        .load(PROGRAMS)?;
+
+    syscall_exit_layout::check()?;
+    let pinning = options.pin_dir.is_some();
+    let mut links: Vec<(String, FdLink)> = Vec::new();
+    let prog: &mut TracePoint = program(&mut ebpf, FILE_PROGRAM)?;
+    prog.load().map_err(|e| refused(FILE_PROGRAM, e))?;
+    for name in syscalls::TRACED_EXITS {
+        let id = prog
+            .attach("syscalls", &format!("sys_exit_{name}"))
+            .map_err(|e| refused(&format!("{FILE_PROGRAM} on sys_exit_{name}"), e))?;
+        if pinning {
+            let link = prog.take_link(id).map_err(|e| refused(FILE_PROGRAM, e))?;
+            match FdLink::try_from(link) {
+                Ok(l) => links.push((format!("{FILE_PROGRAM}-{name}"), l)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "tracepoint link cannot be pinned on this kernel")
+                }
+            }
+        }
+    }
+    for (name, tp) in BTF_TRACEPOINTS {
+        let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+        prog.load(tp, &btf).map_err(|e| refused(name, e))?;
+        let id = prog.attach().map_err(|e| refused(name, e))?;
+        if pinning {
+            let link = prog.take_link(id).map_err(|e| refused(name, e))?;
+            links.push(((*name).to_string(), FdLink::from(link)));
+        }
+    }
+    drop(btf);
+    // Hand the parsed BTF's freed heap back to the kernel: otherwise it
+    // stays resident for the daemon's whole life.
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
+    Ok((ebpf, links))
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>

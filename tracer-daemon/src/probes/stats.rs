@@ -26,6 +26,7 @@ impl KernelStats {
     }
 
     /// Events lost in the kernel, all causes.
+    #[cfg(test)]
     pub fn lost(&self) -> u64 {
         self.counters
             .iter()
@@ -35,6 +36,7 @@ impl KernelStats {
             .sum()
     }
 
+    #[cfg(test)]
     pub fn get(&self, index: u32) -> u64 {
         self.counters.get(index as usize).copied().unwrap_or(0)
     }

@@ -48,24 +48,32 @@ pub fn decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-pub fn base64(bytes: &[u8]) -> String {
+fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Collects the non-UTF-8 values of one record as it is built.
 #[derive(Debug, Default)]
-pub struct Encoder {
+pub(crate) struct Encoder {
     /// (encoded value, raw bytes in base64)
-    pub non_utf8: Vec<(String, String)>,
+    non_utf8: Vec<(String, String)>,
 }
 
 impl Encoder {
-    pub fn encode(&mut self, bytes: &[u8]) -> String {
+    pub(crate) fn encode(&mut self, bytes: &[u8]) -> String {
         let (s, encoded) = encode(bytes);
         if encoded {
             self.non_utf8.push((s.clone(), base64(bytes)));
         }
         s
+    }
+
+    /// The record's `non_utf8` list: every value encoded so far.
+    pub(crate) fn non_utf8_json(&self) -> serde_json::Value {
+        self.non_utf8
+            .iter()
+            .map(|(s, b)| serde_json::json!({"value": s, "raw_base64": b}))
+            .collect()
     }
 }
 

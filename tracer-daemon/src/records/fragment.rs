@@ -44,12 +44,6 @@ pub struct Fragment {
     pub backend_metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Bundle {
-    pub fragments: Vec<Fragment>,
-}
-
 /// roar's bundle file name: `roar-fragments-<pod>-<container>-<attempt>.json`
 /// with every character outside `[A-Za-z0-9_.-]` replaced by `-`.
 pub fn bundle_file_name(pod: &str, container: &str, attempt: &str) -> String {

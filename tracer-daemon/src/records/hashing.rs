@@ -94,10 +94,6 @@ impl HashSlot {
             g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner());
         }
     }
-
-    pub fn peek(&self) -> Option<HashOutcome> {
-        self.value.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
 }
 
 pub struct HashJob {

@@ -12,10 +12,13 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+use anyhow::Context;
+use serde_json::{Map, Value};
+
 use super::{Sink, SinkError};
 use crate::records::Record;
 
-pub struct BundleDir {
+pub(crate) struct BundleDir {
     dir: PathBuf,
     seq: AtomicU64,
 }
@@ -29,7 +32,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SinkError + '_ {
 
 impl BundleDir {
     /// Uses `dir`, creating it (mode 0700) if needed.
-    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, SinkError> {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Result<Self, SinkError> {
         let dir = dir.into();
         if !dir.is_dir() {
             DirBuilder::new()
@@ -47,7 +50,7 @@ impl BundleDir {
 
     /// Fails now, not after the task ran, if records cannot be created
     /// here (read-only file system, wrong owner, not a directory).
-    pub fn check_writable(&self) -> Result<(), SinkError> {
+    pub(crate) fn check_writable(&self) -> Result<(), SinkError> {
         let probe = self
             .dir
             .join(format!(".tmp-writable-{}", std::process::id()));
@@ -60,12 +63,8 @@ impl BundleDir {
         fs::remove_file(&probe).map_err(io(&probe))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Writes `bytes` as `name`, atomically.
-    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, SinkError> {
+    pub(crate) fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, SinkError> {
         let target = self.dir.join(name);
         let tmp = self.dir.join(format!(
             ".tmp-{}-{}-{}",
@@ -101,7 +100,7 @@ impl BundleDir {
 const PRETTY_MAX_FILES: usize = 10_000;
 
 /// A record as the bytes of its bundle file (one fragment).
-pub fn bundle_bytes(record: &Record) -> Result<Vec<u8>, SinkError> {
+pub(crate) fn bundle_bytes(record: &Record) -> Result<Vec<u8>, serde_json::Error> {
     // Borrowed: serialized as a `Bundle` of one fragment, without a copy.
     #[derive(serde::Serialize)]
     struct OneFragment<'a> {
@@ -121,9 +120,33 @@ pub fn bundle_bytes(record: &Record) -> Result<Vec<u8>, SinkError> {
 }
 
 impl Sink for BundleDir {
-    fn emit(&self, record: &Record) -> Result<PathBuf, SinkError> {
-        self.write_atomic(&record.bundle.file_name(), &bundle_bytes(record)?)
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<String, SinkError> {
+        self.write_atomic(name, bytes)
+            .map(|p| p.display().to_string())
     }
+}
+
+/// Every finished bundle of `dir` as one JSON object,
+/// `{"bundles": {name: bundle}}`, so a collector can fetch them with
+/// `kubectl exec` from a DaemonSet pod whose image has no shell or tar.
+pub(crate) fn export(dir: &Path) -> anyhow::Result<Value> {
+    let mut out = Map::new();
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        // Only finished bundles: temporary files never match.
+        .filter(|n| n.starts_with("roar-fragments-") && n.ends_with(".json"))
+        .collect();
+    names.sort();
+    for name in names {
+        let text = fs::read_to_string(dir.join(&name)).with_context(|| name.clone())?;
+        let v: Value = serde_json::from_str(&text).with_context(|| name.clone())?;
+        out.insert(name, v);
+    }
+    let mut doc = Map::new();
+    doc.insert("bundles".into(), Value::Object(out));
+    Ok(Value::Object(doc))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::{
 
 use prost::Message;
 
-pub use crate::proto as pb;
+pub(crate) use crate::proto as pb;
 
 use pb::entry::Kind;
 
@@ -68,6 +68,28 @@ pub struct Recovered {
     pub corrupt_entries: u64,
     /// Bytes of a torn last entry, cut off.
     pub torn_bytes: u64,
+}
+
+/// The spool, shared by the daemon's loop (tasks, checkpoints,
+/// heartbeats) and delivery (records), each holding the lock briefly.
+#[derive(Clone)]
+pub(crate) struct SharedSpool(std::sync::Arc<std::sync::Mutex<Spool>>);
+
+impl SharedSpool {
+    /// [`Spool::open`], shared.
+    pub(crate) fn open(dir: &Path, node: &str) -> Result<(Self, Recovered), SpoolError> {
+        let (spool, recovered) = Spool::open(dir, node)?;
+        Ok((
+            Self(std::sync::Arc::new(std::sync::Mutex::new(spool))),
+            recovered,
+        ))
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Spool> {
+        // A panic while holding the lock leaves the spool's state as the
+        // journal has it: still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub struct Spool {
@@ -150,6 +172,82 @@ pub fn decode_journal(mut buf: &[u8]) -> (Vec<pb::Entry>, u64, usize) {
     }
 }
 
+/// What a journal says is still live, entry by entry.
+#[derive(Default)]
+struct Live {
+    open: BTreeMap<String, pb::TaskOpened>,
+    undelivered: BTreeMap<String, pb::RecordReady>,
+    checkpoints: BTreeMap<String, pb::TaskCheckpoint>,
+    last_alive: Option<u64>,
+    rebooted: bool,
+}
+
+impl Live {
+    /// Replays the entries in order. `Err(node)`: the journal is another
+    /// node's.
+    fn replay(entries: Vec<pb::Entry>, node: &str, boot: &str) -> Result<Self, String> {
+        let mut l = Live::default();
+        for e in entries {
+            l.last_alive = Some(e.wall_ns);
+            match e.kind {
+                Some(Kind::Header(h)) => {
+                    if !h.node.is_empty() && h.node != node {
+                        return Err(h.node);
+                    }
+                    l.rebooted |= !h.boot_id.is_empty() && h.boot_id != boot;
+                }
+                Some(Kind::TaskOpened(t)) => {
+                    l.open.insert(t.task_id.clone(), t);
+                }
+                Some(Kind::TaskCheckpoint(c)) => {
+                    l.checkpoints.insert(c.task_id.clone(), c);
+                }
+                Some(Kind::RecordReady(r)) => {
+                    l.open.remove(&r.task_id);
+                    l.checkpoints.remove(&r.task_id);
+                    l.undelivered.insert(r.bundle_file.clone(), r);
+                }
+                Some(Kind::RecordDelivered(d)) => {
+                    l.undelivered.remove(&d.bundle_file);
+                }
+                Some(Kind::TaskClosed(c)) => {
+                    l.open.remove(&c.task_id);
+                    l.checkpoints.remove(&c.task_id);
+                }
+                Some(Kind::Heartbeat(_)) | None => {}
+            }
+        }
+        l.checkpoints.retain(|id, _| l.open.contains_key(id));
+        Ok(l)
+    }
+
+    /// Every task still open had a gap: what the previous daemon captured
+    /// of it since its last checkpoint (or since it began, without one)
+    /// died with it, up to `now`.
+    fn add_restart_gaps(&mut self, now: u64) {
+        let down = self.last_alive.map_or_else(String::new, |ns| {
+            format!(
+                " (its last sign of life: {} s before the restart)",
+                now.saturating_sub(ns) / 1_000_000_000
+            )
+        });
+        for t in self.open.values_mut() {
+            let captured_until = t.gaps.last().map_or(t.traced_since_ns, |g| g.to_ns);
+            let from_ns = self
+                .checkpoints
+                .get(&t.task_id)
+                .map_or(captured_until, |c| c.at_ns.max(captured_until));
+            t.gaps.push(pb::Gap {
+                from_ns,
+                to_ns: now,
+                why: format!(
+                    "roar-node restarted{down}: events after its last checkpoint of this task were lost with it"
+                ),
+            });
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.to_path_buf(),
@@ -180,80 +278,27 @@ impl Spool {
         };
         let (entries, corrupt, valid) = decode_journal(&old);
         let boot = boot_id();
-        let mut rec = Recovered {
+        let mut live =
+            Live::replay(entries, node, &boot).map_err(|found| SpoolError::OtherNode {
+                path: path.clone(),
+                found,
+                expected: node.into(),
+            })?;
+        live.add_restart_gaps(now_ns());
+        let rec = Recovered {
+            open_tasks: live.open.values().cloned().collect(),
+            checkpoints: live.checkpoints.clone(),
+            undelivered: live.undelivered.values().cloned().collect(),
+            last_alive_ns: live.last_alive,
+            rebooted: live.rebooted,
             corrupt_entries: corrupt,
             torn_bytes: (old.len() - valid) as u64,
-            ..Recovered::default()
         };
-        let mut open = BTreeMap::new();
-        let mut undelivered = BTreeMap::new();
-        let mut checkpoints: BTreeMap<String, pb::TaskCheckpoint> = BTreeMap::new();
-        let mut last_alive = None;
-        for e in entries {
-            last_alive = Some(e.wall_ns);
-            match e.kind {
-                Some(Kind::Header(h)) => {
-                    if !h.node.is_empty() && h.node != node {
-                        return Err(SpoolError::OtherNode {
-                            path,
-                            found: h.node,
-                            expected: node.into(),
-                        });
-                    }
-                    rec.rebooted |= !h.boot_id.is_empty() && h.boot_id != boot;
-                }
-                Some(Kind::TaskOpened(t)) => {
-                    open.insert(t.task_id.clone(), t);
-                }
-                Some(Kind::TaskCheckpoint(c)) => {
-                    checkpoints.insert(c.task_id.clone(), c);
-                }
-                Some(Kind::RecordReady(r)) => {
-                    open.remove(&r.task_id);
-                    checkpoints.remove(&r.task_id);
-                    undelivered.insert(r.bundle_file.clone(), r);
-                }
-                Some(Kind::RecordDelivered(d)) => {
-                    undelivered.remove(&d.bundle_file);
-                }
-                Some(Kind::TaskClosed(c)) => {
-                    open.remove(&c.task_id);
-                    checkpoints.remove(&c.task_id);
-                }
-                Some(Kind::Heartbeat(_)) | None => {}
-            }
-        }
-        rec.last_alive_ns = last_alive;
-        let now = now_ns();
-        checkpoints.retain(|id, _| open.contains_key(id));
-        for t in open.values_mut() {
-            // What the previous daemon captured of the task since its last
-            // checkpoint (or since it began, without one) died with it.
-            let captured_until = t.gaps.last().map_or(t.traced_since_ns, |g| g.to_ns);
-            let from_ns = checkpoints
-                .get(&t.task_id)
-                .map_or(captured_until, |c| c.at_ns.max(captured_until));
-            let down = last_alive.map_or_else(String::new, |ns| {
-                format!(
-                    " (its last sign of life: {} s before the restart)",
-                    now.saturating_sub(ns) / 1_000_000_000
-                )
-            });
-            t.gaps.push(pb::Gap {
-                from_ns,
-                to_ns: now,
-                why: format!(
-                    "roar-node restarted{down}: events after its last checkpoint of this task were lost with it"
-                ),
-            });
-        }
-        rec.open_tasks = open.values().cloned().collect();
-        let frames: BTreeMap<String, Vec<u8>> = checkpoints
-            .values()
-            .map(|c| (c.task_id.clone(), frame(Kind::TaskCheckpoint(c.clone()))))
+        let frames: BTreeMap<String, Vec<u8>> = live
+            .checkpoints
+            .into_values()
+            .map(|c| (c.task_id.clone(), frame(Kind::TaskCheckpoint(c))))
             .collect();
-        rec.checkpoints = checkpoints;
-        rec.undelivered = undelivered.values().cloned().collect();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -266,8 +311,8 @@ impl Spool {
             node: node.into(),
             boot_id: boot,
             bytes: 0,
-            open,
-            undelivered,
+            open: live.open,
+            undelivered: live.undelivered,
             checkpoints_bytes: frames.values().map(|f| f.len() as u64).sum(),
             checkpoints: frames,
             spooled_at: BTreeMap::new(),

@@ -1,6 +1,6 @@
 //! A task's state to and from the spool's `TaskState` (proto/spool.proto),
 //! so that a restarted daemon continues a running task from its last
-//! checkpoint instead of from nothing.
+//! checkpoint instead of from nothing: one conversion each way per type.
 
 use roar_node_common::event::EventKind;
 
@@ -11,147 +11,163 @@ use super::{
 };
 use crate::{events::FilePath, proto as pb};
 
-pub fn to_state(task: &Task) -> pb::TaskState {
-    pb::TaskState {
-        processes: task.processes.iter().map(process_to).collect(),
-        files: task
-            .files
-            .iter()
-            .map(|(path, f)| file_to(path, f))
-            .collect(),
-        processes_overflow: task.processes.overflow,
-        argv_over_cap: task.processes.argv_over_cap,
-        files_overflow: task.files.overflow,
-        events_by_kind: task.stats.events.to_vec(),
-        input_hash_deferred: task.stats.input_hash_deferred,
-        first_ns: task.first_ns,
-        last_ns: task.last_ns,
+impl From<&Task> for pb::TaskState {
+    fn from(task: &Task) -> Self {
+        Self {
+            processes: task.processes.iter().map(pb::Process::from).collect(),
+            files: task
+                .files
+                .iter()
+                .map(|(path, f)| pb::FileState::from((path.as_slice(), f)))
+                .collect(),
+            processes_overflow: task.processes.overflow,
+            argv_over_cap: task.processes.argv_over_cap,
+            files_overflow: task.files.overflow,
+            events_by_kind: task.stats.events.to_vec(),
+            input_hash_deferred: task.stats.input_hash_deferred,
+            first_ns: task.first_ns,
+            last_ns: task.last_ns,
+        }
     }
 }
 
-/// The task a checkpoint describes, under `key`, with today's caps.
-pub fn from_state(key: u64, limits: TaskLimits, s: &pb::TaskState) -> Task {
-    let mut events = [0u64; EventKind::COUNT];
-    for (slot, v) in events.iter_mut().zip(&s.events_by_kind) {
-        *slot = *v;
-    }
-    Task {
-        key,
-        processes: ProcessTree::restore(
-            limits.max_processes,
-            limits.max_argv_bytes,
-            s.processes.iter().map(process_from),
-            s.processes_overflow,
-            s.argv_over_cap,
-        ),
-        files: FileTable::restore(
-            limits.max_files,
-            s.files.iter().map(file_from),
-            s.files_overflow,
-        ),
-        stats: TaskStats {
-            events,
-            input_hash_deferred: s.input_hash_deferred,
-        },
-        first_ns: s.first_ns,
-        last_ns: s.last_ns,
-    }
-}
-
-fn path_to(p: &FilePath) -> pb::Path {
-    pb::Path {
-        bytes: p.bytes.clone(),
-        inexact: p.inexact.into(),
+impl Task {
+    /// The task a checkpoint describes, under `key`, with today's caps.
+    pub(crate) fn from_checkpoint(key: u64, limits: TaskLimits, s: &pb::TaskState) -> Task {
+        let mut events = [0u64; EventKind::COUNT];
+        for (slot, v) in events.iter_mut().zip(&s.events_by_kind) {
+            *slot = *v;
+        }
+        Task {
+            key,
+            processes: ProcessTree::restore(
+                limits.max_processes,
+                limits.max_argv_bytes,
+                s.processes.iter().map(Process::from),
+                s.processes_overflow,
+                s.argv_over_cap,
+            ),
+            files: FileTable::restore(
+                limits.max_files,
+                s.files.iter().map(<(Vec<u8>, FileState)>::from),
+                s.files_overflow,
+            ),
+            stats: TaskStats {
+                events,
+                input_hash_deferred: s.input_hash_deferred,
+            },
+            first_ns: s.first_ns,
+            last_ns: s.last_ns,
+        }
     }
 }
 
-fn path_from(p: &pb::Path) -> FilePath {
-    FilePath {
-        bytes: p.bytes.clone(),
-        inexact: p.inexact as u16,
+impl From<&FilePath> for pb::Path {
+    fn from(p: &FilePath) -> Self {
+        pb::Path {
+            bytes: p.bytes.clone(),
+            inexact: p.inexact.into(),
+        }
     }
 }
 
-fn process_to(p: &Process) -> pb::Process {
-    pb::Process {
-        tgid: p.tgid,
-        ppid: p.ppid,
-        argv: p.argv.clone(),
-        first_argv: p.first_argv.clone().map(|args| pb::Argv { args }),
-        argv_truncated: p.argv_truncated,
-        argv_total_len: p.argv_total_len,
-        exe: p.exe.as_ref().map(path_to),
-        execs: p.execs,
-        threads: p.threads,
-        start_ns: p.start_ns,
-        end_ns: p.end_ns,
-        exit_status: p.exit_status,
-        mnt_ns: p.mnt_ns,
-        uid: p.uid,
+impl From<&pb::Path> for FilePath {
+    fn from(p: &pb::Path) -> Self {
+        FilePath {
+            bytes: p.bytes.clone(),
+            inexact: p.inexact as u16,
+        }
     }
 }
 
-fn process_from(p: &pb::Process) -> Process {
-    Process {
-        tgid: p.tgid,
-        ppid: p.ppid,
-        argv: p.argv.clone(),
-        first_argv: p.first_argv.clone().map(|a| a.args),
-        argv_truncated: p.argv_truncated,
-        argv_total_len: p.argv_total_len,
-        exe: p.exe.as_ref().map(path_from),
-        execs: p.execs,
-        threads: p.threads,
-        start_ns: p.start_ns,
-        end_ns: p.end_ns,
-        exit_status: p.exit_status,
-        mnt_ns: p.mnt_ns,
-        uid: p.uid,
+impl From<&Process> for pb::Process {
+    fn from(p: &Process) -> Self {
+        pb::Process {
+            tgid: p.tgid,
+            ppid: p.ppid,
+            argv: p.argv.clone(),
+            first_argv: p.first_argv.clone().map(|args| pb::Argv { args }),
+            argv_truncated: p.argv_truncated,
+            argv_total_len: p.argv_total_len,
+            exe: p.exe.as_ref().map(pb::Path::from),
+            execs: p.execs,
+            threads: p.threads,
+            start_ns: p.start_ns,
+            end_ns: p.end_ns,
+            exit_status: p.exit_status,
+            mnt_ns: p.mnt_ns,
+            uid: p.uid,
+        }
     }
 }
 
-fn file_to(path: &[u8], f: &FileState) -> pb::FileState {
-    pb::FileState {
-        path: path.to_vec(),
-        input: f.input.as_ref().map(|i| pb::FileInput {
-            time_ns: i.time_ns,
-            dev: i.dev,
-            ino: i.ino,
-            size: i.size,
-        }),
-        output: f.output.as_ref().map(|o| pb::FileOutput {
-            time_ns: o.time_ns,
-            created: o.created,
-            truncated: o.truncated,
-            renamed_from: o.renamed_from.clone(),
-        }),
-        removed: f.removed,
-        inexact: f.inexact.into(),
-        mnt_ns: f.mnt_ns,
+impl From<&pb::Process> for Process {
+    fn from(p: &pb::Process) -> Self {
+        Process {
+            tgid: p.tgid,
+            ppid: p.ppid,
+            argv: p.argv.clone(),
+            first_argv: p.first_argv.clone().map(|a| a.args),
+            argv_truncated: p.argv_truncated,
+            argv_total_len: p.argv_total_len,
+            exe: p.exe.as_ref().map(FilePath::from),
+            execs: p.execs,
+            threads: p.threads,
+            start_ns: p.start_ns,
+            end_ns: p.end_ns,
+            exit_status: p.exit_status,
+            mnt_ns: p.mnt_ns,
+            uid: p.uid,
+        }
     }
 }
 
-fn file_from(f: &pb::FileState) -> (Vec<u8>, FileState) {
-    (
-        f.path.clone(),
-        FileState {
-            input: f.input.as_ref().map(|i| Input {
+impl From<(&[u8], &FileState)> for pb::FileState {
+    fn from((path, f): (&[u8], &FileState)) -> Self {
+        pb::FileState {
+            path: path.to_vec(),
+            input: f.input.as_ref().map(|i| pb::FileInput {
                 time_ns: i.time_ns,
                 dev: i.dev,
                 ino: i.ino,
                 size: i.size,
             }),
-            output: f.output.as_ref().map(|o| Output {
+            output: f.output.as_ref().map(|o| pb::FileOutput {
                 time_ns: o.time_ns,
                 created: o.created,
                 truncated: o.truncated,
                 renamed_from: o.renamed_from.clone(),
             }),
             removed: f.removed,
-            inexact: f.inexact as u16,
+            inexact: f.inexact.into(),
             mnt_ns: f.mnt_ns,
-        },
-    )
+        }
+    }
+}
+
+impl From<&pb::FileState> for (Vec<u8>, FileState) {
+    fn from(f: &pb::FileState) -> Self {
+        (
+            f.path.clone(),
+            FileState {
+                input: f.input.as_ref().map(|i| Input {
+                    time_ns: i.time_ns,
+                    dev: i.dev,
+                    ino: i.ino,
+                    size: i.size,
+                }),
+                output: f.output.as_ref().map(|o| Output {
+                    time_ns: o.time_ns,
+                    created: o.created,
+                    truncated: o.truncated,
+                    renamed_from: o.renamed_from.clone(),
+                }),
+                removed: f.removed,
+                inexact: f.inexact as u16,
+                mnt_ns: f.mnt_ns,
+            },
+        )
+    }
 }
 
 #[cfg(test)]
@@ -219,8 +235,8 @@ mod tests {
                 }),
             ));
         }
-        let bytes = to_state(&t).encode_to_vec();
-        let back = from_state(
+        let bytes = pb::TaskState::from(&t).encode_to_vec();
+        let back = Task::from_checkpoint(
             1,
             TaskLimits::default(),
             &pb::TaskState::decode(&*bytes).unwrap(),

@@ -9,8 +9,6 @@ pub mod checkpoint;
 pub mod files;
 pub mod process;
 
-use std::collections::HashMap;
-
 use roar_node_common::event::EventKind;
 
 pub use self::{
@@ -80,6 +78,13 @@ impl Task {
         }
     }
 
+    /// Counts its paths against `budget` too (paths all tasks together may
+    /// hold).
+    pub(crate) fn with_budget(mut self, budget: Option<std::sync::Arc<FileBudget>>) -> Self {
+        self.files = std::mem::take(&mut self.files).with_budget(budget);
+        self
+    }
+
     /// Applies one event; returns a first read of pre-existing content,
     /// which the caller hashes right away.
     pub fn apply(&mut self, ev: &Event) -> Option<FirstRead> {
@@ -105,90 +110,5 @@ impl Task {
             Body::Cgroup(_) => {}
         }
         None
-    }
-}
-
-/// Every task being traced, by root cgroup id.
-#[derive(Debug, Default)]
-pub struct TaskTable {
-    tasks: HashMap<u64, Task>,
-    limits: TaskLimits,
-    budget: Option<std::sync::Arc<FileBudget>>,
-    /// Events for a cgroup no task is registered for.
-    pub unattributed: u64,
-}
-
-impl TaskTable {
-    pub fn new(limits: TaskLimits) -> Self {
-        Self {
-            tasks: HashMap::new(),
-            limits,
-            budget: (limits.max_files_total != usize::MAX)
-                .then(|| FileBudget::new(limits.max_files_total)),
-            unattributed: 0,
-        }
-    }
-
-    pub fn start(&mut self, key: u64) -> &mut Task {
-        let limits = self.limits;
-        let budget = self.budget.clone();
-        self.tasks.entry(key).or_insert_with(|| {
-            let mut t = Task::new(key, limits);
-            t.files = std::mem::take(&mut t.files).with_budget(budget);
-            t
-        })
-    }
-
-    pub fn get(&self, key: u64) -> Option<&Task> {
-        self.tasks.get(&key)
-    }
-
-    pub fn get_mut(&mut self, key: u64) -> Option<&mut Task> {
-        self.tasks.get_mut(&key)
-    }
-
-    pub fn contains(&self, key: u64) -> bool {
-        self.tasks.contains_key(&key)
-    }
-
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
-    /// Applies an event to its task. Unknown tasks are counted.
-    pub fn apply(&mut self, ev: &Event) -> Option<FirstRead> {
-        match self.tasks.get_mut(&ev.task) {
-            Some(t) => t.apply(ev),
-            None => {
-                self.unattributed += 1;
-                None
-            }
-        }
-    }
-
-    /// Puts back a task from a checkpoint, in place of what is under its
-    /// key (events that arrived since are applied to it again by nobody:
-    /// call this before any arrive, right after `start`).
-    pub fn restore(&mut self, mut task: Task) {
-        task.files = std::mem::take(&mut task.files).with_budget(self.budget.clone());
-        self.tasks.insert(task.key, task);
-    }
-
-    /// Paths held by all tasks (with a budget).
-    pub fn files_held(&self) -> Option<usize> {
-        self.budget.as_ref().map(|b| b.used())
-    }
-
-    pub fn limits(&self) -> TaskLimits {
-        self.limits
-    }
-
-    /// Ends a task: it leaves the table for its record to be made.
-    pub fn finish(&mut self, key: u64) -> Option<Task> {
-        self.tasks.remove(&key)
     }
 }

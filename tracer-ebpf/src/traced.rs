@@ -1,7 +1,7 @@
 //! "Is the current task traced?" — the first check of every program.
 
 use aya_ebpf::helpers::bpf_get_current_cgroup_id;
-use roar_node_common::filter::FilterEntry;
+use roar_node_common::traced::TracedCgroup;
 
 use crate::maps::TRACED;
 
@@ -10,7 +10,7 @@ use crate::maps::TRACED;
 #[derive(Clone, Copy)]
 pub struct Traced {
     pub root: u64,
-    pub entry: *mut FilterEntry,
+    pub entry: *mut TracedCgroup,
 }
 
 /// The task the current process belongs to, if it is traced.

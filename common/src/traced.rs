@@ -1,14 +1,14 @@
-//! The in-kernel trace filter and the repeat-open suppression map.
+//! The kernel's trace set (which cgroups are traced) and the repeat-open suppression map.
 
 /// Value of the `TRACED_CGROUPS` hash map (key: cgroup id).
 ///
 /// Userspace inserts one entry per traced task (a "root"). The kernel adds
 /// entries for cgroups created below a traced one: they point to the same
 /// root, or become roots themselves when the parent has
-/// `FILTER_CHILDREN_ARE_ROOTS` (a pod cgroup whose containers are tasks).
+/// `TRACE_CHILDREN_ARE_ROOTS` (a pod cgroup whose containers are tasks).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FilterEntry {
+pub struct TracedCgroup {
     /// The task's root cgroup id: what events carry in `cgroup_id`.
     pub root: u64,
     /// Bumped (on the root's entry) by every successful rename or unlink in
@@ -18,7 +18,7 @@ pub struct FilterEntry {
     /// Events of this task lost in the kernel, all causes (on the root's
     /// entry).
     pub lost: u64,
-    /// `FILTER_*` flags.
+    /// `TRACE_*` flags.
     pub flags: u32,
     /// Of `lost`, the events abandoned before they were sent because a
     /// kernel read failed (or, never seen, the scratch buffer was missing);
@@ -27,11 +27,11 @@ pub struct FilterEntry {
 }
 
 /// Cgroups created below this one become task roots of their own.
-pub const FILTER_CHILDREN_ARE_ROOTS: u32 = 1 << 0;
+pub const TRACE_CHILDREN_ARE_ROOTS: u32 = 1 << 0;
 /// The kernel added this entry (a descendant of a traced cgroup).
-pub const FILTER_PROPAGATED: u32 = 1 << 1;
+pub const TRACE_PROPAGATED: u32 = 1 << 1;
 /// Capture events but do not suppress repeated opens (for tests/benches).
-pub const FILTER_NO_SUPPRESS: u32 = 1 << 2;
+pub const TRACE_NO_SUPPRESS: u32 = 1 << 2;
 
 /// Key of the `SEEN_FILES` LRU map: one task has reported this file object.
 #[repr(C)]

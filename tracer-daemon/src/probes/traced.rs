@@ -1,7 +1,7 @@
 //! The kernel's trace filter, seen from userspace.
 
 use aya::maps::{HashMap, MapData, MapError};
-use roar_node_common::filter::FilterEntry;
+use roar_node_common::traced::TracedCgroup;
 
 use super::ProbeError;
 
@@ -9,7 +9,7 @@ const BPF_ANY: u64 = 0;
 
 /// cgroup id -> filter entry (see `roar_node_common::filter`).
 pub struct TracedCgroups {
-    map: HashMap<MapData, u64, FilterEntry>,
+    map: HashMap<MapData, u64, TracedCgroup>,
 }
 
 impl TracedCgroups {
@@ -27,24 +27,24 @@ impl TracedCgroups {
         // from its pin): keep its epoch and its loss count.
         let entry = match self.get(cgroup) {
             Some(e) if e.root == cgroup && e.flags == flags => return Ok(()),
-            Some(e) if e.root == cgroup => FilterEntry { flags, ..e },
-            _ => FilterEntry {
+            Some(e) if e.root == cgroup => TracedCgroup { flags, ..e },
+            _ => TracedCgroup {
                 root: cgroup,
                 flags,
-                ..FilterEntry::default()
+                ..TracedCgroup::default()
             },
         };
         self.map.insert(cgroup, entry, BPF_ANY)
     }
 
     /// The task's entry (its epoch and kernel-side loss count).
-    pub fn get(&self, cgroup: u64) -> Option<FilterEntry> {
+    pub fn get(&self, cgroup: u64) -> Option<TracedCgroup> {
         self.map.get(&cgroup, 0).ok()
     }
 
     /// Stops tracing a task: removes its root and every descendant the
     /// kernel added for it. Returns the root's last entry.
-    pub fn untrace(&mut self, root: u64) -> Option<FilterEntry> {
+    pub fn untrace(&mut self, root: u64) -> Option<TracedCgroup> {
         let last = self.get(root);
         let children: Vec<u64> = self
             .map
@@ -58,10 +58,5 @@ impl TracedCgroups {
         }
         let _ = self.map.remove(&root);
         last
-    }
-
-    /// Every entry, for diagnostics and tests.
-    pub fn entries(&self) -> Vec<(u64, FilterEntry)> {
-        self.map.iter().filter_map(|kv| kv.ok()).collect()
     }
 }

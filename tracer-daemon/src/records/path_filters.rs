@@ -1,4 +1,4 @@
-//! Which files belong in a record. The defaults are roar's own
+//! Path filters: which files belong in a record. The defaults are roar's own
 //! (`FileFilterService` in roar-cli 0.4.7), so a roar-node record and a
 //! `roar run` record of the same command list the same files.
 
@@ -79,7 +79,7 @@ const WRITE_NOISE_PREFIXES: &[&str] = &[
 /// Filter settings; `Default` is roar's default configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
-pub struct FilterConfig {
+pub struct PathFilterConfig {
     pub ignore_system_reads: bool,
     pub ignore_package_reads: bool,
     pub ignore_torch_cache: bool,
@@ -91,7 +91,7 @@ pub struct FilterConfig {
     pub keep_paths: Vec<String>,
 }
 
-impl Default for FilterConfig {
+impl Default for PathFilterConfig {
     fn default() -> Self {
         Self {
             ignore_system_reads: true,
@@ -105,7 +105,7 @@ impl Default for FilterConfig {
     }
 }
 
-impl FilterConfig {
+impl PathFilterConfig {
     /// roar's defaults, overridden by a JSON file, plus extra ignored and
     /// kept paths. Errors name the file and the offending field.
     pub fn load(
@@ -139,8 +139,8 @@ impl FilterConfig {
 
 /// A filter for one task: the config plus what the task revealed (the
 /// Python installations it ran, whose files are package reads).
-pub struct FileFilter<'a> {
-    pub config: &'a FilterConfig,
+pub struct PathFilter<'a> {
+    pub config: &'a PathFilterConfig,
     pub python_prefixes: Vec<Vec<u8>>,
 }
 
@@ -157,8 +157,8 @@ fn basename(path: &[u8]) -> &[u8] {
     path.rsplit(|b| *b == b'/').next().unwrap_or(path)
 }
 
-impl<'a> FileFilter<'a> {
-    pub fn new(config: &'a FilterConfig) -> Self {
+impl<'a> PathFilter<'a> {
+    pub fn new(config: &'a PathFilterConfig) -> Self {
         Self {
             config,
             python_prefixes: Vec::new(),
@@ -303,8 +303,8 @@ mod tests {
 
     #[test]
     fn roar_defaults() {
-        let cfg = FilterConfig::default();
-        let f = FileFilter::new(&cfg);
+        let cfg = PathFilterConfig::default();
+        let f = PathFilter::new(&cfg);
         assert_eq!(f.read(b"/usr/lib/x.so", false), Some(Dropped::SystemReads));
         assert_eq!(f.read(b"/etc/passwd", false), Some(Dropped::SystemReads));
         assert_eq!(
@@ -337,8 +337,8 @@ mod tests {
 
     #[test]
     fn python_prefix_from_executable() {
-        let cfg = FilterConfig::default();
-        let mut f = FileFilter::new(&cfg);
+        let cfg = PathFilterConfig::default();
+        let mut f = PathFilter::new(&cfg);
         f.learn_executable(b"/root/.pyenv/versions/3.11.7/bin/python3.11");
         f.learn_executable(b"/usr/bin/bash");
         assert_eq!(
@@ -353,11 +353,11 @@ mod tests {
 
     #[test]
     fn user_ignore_paths() {
-        let cfg = FilterConfig {
+        let cfg = PathFilterConfig {
             ignore_paths: vec!["/scratch/".into(), "wandb".into()],
-            ..FilterConfig::default()
+            ..PathFilterConfig::default()
         };
-        let f = FileFilter::new(&cfg);
+        let f = PathFilter::new(&cfg);
         assert_eq!(f.write(b"/scratch/a"), Some(Dropped::IgnorePaths));
         assert_eq!(
             f.read(b"/w/wandb/run.log", false),

@@ -1,0 +1,282 @@
+//! What the daemon reports about itself, from one place: the loop's
+//! counters are gathered into a [`Report`] once a second, and that one
+//! report is rendered both to `/metrics` ([`Report::publish`]) and to the
+//! stats file ([`write_stats`], the same report as JSON).
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use roar_node_common::{event::EventKind, loss};
+use serde::Serialize;
+
+use super::State;
+use crate::{
+    observability::{
+        Metrics, cause,
+        metrics::{gauge_value, observe_total},
+        queue,
+    },
+    records::Clock,
+};
+
+/// Counters the loop keeps (plain integers: only the loop writes them).
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) tasks_started: u64,
+    pub(super) tasks_discarded: u64,
+    /// Malformed opt-in annotations warned about.
+    pub(super) warnings: u64,
+    pub(super) policy_errors: u64,
+    pub(super) policy_generation: u64,
+    pub(super) spool_errors: u64,
+    /// Spool entries found damaged at start-up (checksum or decoding
+    /// failed): each may have been a record or a task's state.
+    pub(super) spool_damaged: u64,
+    pub(super) spool_torn_bytes: u64,
+    /// Shared with the threads that build and deliver records.
+    pub(super) record_threads: std::sync::Arc<RecordThreads>,
+}
+
+/// Counters of the record threads.
+#[derive(Debug, Default)]
+pub(super) struct RecordThreads {
+    written: AtomicU64,
+    /// Records being built or waiting for their identity and exit code.
+    pending: AtomicU64,
+    errors: AtomicU64,
+    /// Events of tasks dropped because their container never resolved.
+    unattributed: AtomicU64,
+}
+
+impl RecordThreads {
+    pub(super) fn started(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn finished(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(super) fn written(&self) {
+        self.written.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn add_unattributed(&self, events: u64) {
+        self.unattributed.fetch_add(events, Ordering::Relaxed);
+    }
+    pub(super) fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the daemon reports, at one instant.
+#[derive(Debug, Serialize)]
+pub(super) struct Report {
+    time: f64,
+    /// Ring-buffer records read.
+    events: u64,
+    events_by_kind: BTreeMap<&'static str, u64>,
+    undecodable: u64,
+    pub(super) attribution: AttributionReport,
+    pub(super) tasks: TasksReport,
+    spool: SpoolReport,
+    queues: BTreeMap<&'static str, u64>,
+    hashing: HashingReport,
+    files_held: Option<usize>,
+    pods_known: usize,
+    policy_warnings: u64,
+    policy: PolicyReport,
+    probes: ProbesReport,
+    api_reachable: bool,
+    watch_healthy: bool,
+    watch_errors: u64,
+    /// The kernel's counters that are not zero, by name (all of them reach
+    /// /metrics: the loss counters as `events_lost_total{cause}`).
+    #[serde(serialize_with = "nonzero")]
+    kernel_counters: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct AttributionReport {
+    before_resolution: u64,
+    ignored: u64,
+    pub(super) unattributed: u64,
+    waiting: u64,
+    /// Container cgroups waiting for their identity, by path.
+    pending: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct TasksReport {
+    active: usize,
+    resolved: u64,
+    discarded: u64,
+    pub(super) records_written: u64,
+    records_pending: u64,
+    record_errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct SpoolReport {
+    undelivered: usize,
+    open_tasks: usize,
+    bytes: u64,
+    errors: u64,
+    damaged_entries_at_start: u64,
+    torn_bytes_at_start: u64,
+    redelivered: u64,
+    delivery_errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct HashingReport {
+    bytes: u64,
+    files: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct PolicyReport {
+    in_force: String,
+    generation: u64,
+    errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ProbesReport {
+    adopted: bool,
+    pinned: bool,
+    pin_error: Option<String>,
+}
+
+fn nonzero<S: serde::Serializer>(m: &BTreeMap<&'static str, u64>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(m.iter().filter(|(_, v)| **v > 0))
+}
+
+impl State {
+    /// Gathers every counter. `pod_events`: the watch's channel depth.
+    pub(super) fn report(&self, pod_events: usize) -> Report {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let rt = &self.counters.record_threads;
+        let dstats = &self.delivery.stats;
+        let spool = self.spool.lock();
+        let engine = &self.engine.stats;
+        let attr = &self.attr.stats;
+        Report {
+            time: Clock::new().wall(Clock::now_boot_ns()),
+            events: engine.ring_buffer_records,
+            events_by_kind: EventKind::ALL
+                .iter()
+                .map(|k| (k.name(), engine.by_kind[*k as usize]))
+                .collect(),
+            undecodable: engine.undecodable_total(),
+            attribution: AttributionReport {
+                before_resolution: attr.before_resolution,
+                ignored: attr.ignored,
+                unattributed: attr.unattributed + load(&rt.unattributed),
+                waiting: attr.waiting,
+                pending: self.attr.pending(),
+            },
+            tasks: TasksReport {
+                active: self.engine.len(),
+                resolved: self.counters.tasks_started,
+                discarded: self.counters.tasks_discarded,
+                records_written: load(&rt.written),
+                records_pending: load(&rt.pending),
+                record_errors: load(&rt.errors),
+            },
+            spool: SpoolReport {
+                undelivered: spool.undelivered_count(),
+                open_tasks: spool.open_tasks().count(),
+                bytes: spool.bytes(),
+                errors: self.counters.spool_errors,
+                damaged_entries_at_start: self.counters.spool_damaged,
+                torn_bytes_at_start: self.counters.spool_torn_bytes,
+                redelivered: load(&dstats.redelivered),
+                delivery_errors: load(&dstats.errors),
+            },
+            queues: BTreeMap::from([
+                (queue::POD_EVENTS, pod_events as u64),
+                (queue::HASH_JOBS, self.ctx.pool.depth()),
+                (queue::PENDING_EVENTS, attr.waiting),
+            ]),
+            hashing: HashingReport {
+                bytes: load(&self.ctx.pool.stats.bytes),
+                files: load(&self.ctx.pool.stats.files),
+            },
+            files_held: self.engine.files_held(),
+            pods_known: self.attr.pods.len(),
+            policy_warnings: self.counters.warnings,
+            policy: PolicyReport {
+                in_force: self.attr.policy().describe(),
+                generation: self.counters.policy_generation,
+                errors: self.counters.policy_errors,
+            },
+            probes: ProbesReport {
+                adopted: self.probes.adopted,
+                pinned: self.probes.options.pin_dir.is_some() && self.probes.pin_error.is_none(),
+                pin_error: self.probes.pin_error.clone(),
+            },
+            api_reachable: self.api.reachable,
+            watch_healthy: self.api.watch_healthy,
+            watch_errors: self.api.watch_errors,
+            kernel_counters: self.probes.stats.read().named().into_iter().collect(),
+        }
+    }
+}
+
+impl Report {
+    /// Mirrors the report into /metrics.
+    pub(super) fn publish(&self, m: &Metrics) {
+        for (kind, n) in &self.events_by_kind {
+            m.observe_events(*kind, *n);
+        }
+        for (i, name) in (0..loss::STATS_LEN).filter_map(|i| Some((i, loss::stat_name(i)?))) {
+            if loss::is_loss(i) {
+                m.observe_lost(name, self.kernel_counters.get(name).copied().unwrap_or(0));
+            }
+        }
+        m.observe_lost(cause::UNDECODABLE, self.undecodable);
+        observe_total(&m.unattributed_events, self.attribution.unattributed);
+        observe_total(&m.ignored_events, self.attribution.ignored);
+        for (q, depth) in &self.queues {
+            m.set_queue_depth(*q, *depth);
+        }
+        let t = &self.tasks;
+        observe_total(&m.records_emitted, t.records_written);
+        m.records_pending.set(gauge_value(t.records_pending));
+        // A damaged spool entry may have been a record: counted as one
+        // that could not be delivered.
+        observe_total(
+            &m.record_errors,
+            t.record_errors + self.spool.delivery_errors + self.spool.damaged_entries_at_start,
+        );
+        m.records_spooled
+            .set(gauge_value(self.spool.undelivered as u64));
+        m.spool_bytes.set(gauge_value(self.spool.bytes));
+        observe_total(&m.hash_bytes, self.hashing.bytes);
+        observe_total(&m.hash_files, self.hashing.files);
+        m.active_tasks.set(gauge_value(t.active as u64));
+        observe_total(&m.tasks_started, t.resolved);
+        observe_total(&m.tasks_discarded, t.discarded);
+        observe_total(&m.policy_reload_errors, self.policy.errors);
+        m.policy_generation.set(gauge_value(self.policy.generation));
+        observe_total(&m.pod_watch_errors, self.watch_errors);
+        m.api_server_reachable
+            .set(i64::from(self.api_reachable && self.watch_healthy));
+    }
+}
+
+/// Writes the report as JSON, atomically (a reader never sees half).
+pub(super) fn write_stats(path: &Path, report: &Report) {
+    let tmp = path.with_extension("tmp");
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let bytes = serde_json::to_vec_pretty(report).unwrap_or_default();
+    if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)) {
+        tracing::debug!(path = %path.display(), error = %e, "cannot write the stats file");
+    }
+}
