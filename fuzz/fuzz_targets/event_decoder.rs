@@ -9,7 +9,6 @@ use roar_node::fuzzing::{Task, TaskLimits, parse};
 fuzz_target!(|data: &[u8]| {
     // Several records back to back, as the consumer sees a batch.
     let mut task = Task::new(
-        1,
         TaskLimits {
             max_files: 64,
             max_processes: 64,

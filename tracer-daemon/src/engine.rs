@@ -151,7 +151,7 @@ impl<L> Engine<L> {
         let undecodable_at_start = self.stats.undecodable_total();
         self.entries.entry(key).or_insert_with(|| TaskEntry {
             capture: Some(Capturing {
-                task: Task::new(key, limits).with_budget(budget),
+                task: Task::new(limits).with_budget(budget),
                 namespaces,
                 input_hashes: HashMap::new(),
                 undecodable_at_start,
@@ -166,7 +166,7 @@ impl<L> Engine<L> {
     pub(crate) fn restore(&mut self, key: u64, state: &crate::proto::TaskState) {
         let (limits, budget) = (self.limits, self.budget.clone());
         if let Some(c) = self.capturing(key) {
-            c.task = Task::from_checkpoint(key, limits, state).with_budget(budget);
+            c.task = Task::from_checkpoint(limits, state).with_budget(budget);
         }
     }
 

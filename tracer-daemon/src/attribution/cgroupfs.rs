@@ -29,7 +29,7 @@ fn unescape(field: &str) -> String {
 }
 
 /// Mount points of `cgroup2` file systems in a mountinfo text.
-pub fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
+pub(crate) fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
     mountinfo
         .lines()
         .filter_map(|line| {
@@ -43,7 +43,7 @@ pub fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
 
 /// This process's cgroup v2 mount (never assumed to be /sys/fs/cgroup:
 /// hybrid hosts mount it at /sys/fs/cgroup/unified).
-pub fn find_cgroup2() -> std::io::Result<PathBuf> {
+pub(crate) fn find_cgroup2() -> std::io::Result<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo")?;
     cgroup2_mounts(&info).into_iter().next().ok_or_else(|| {
         std::io::Error::new(
@@ -54,22 +54,22 @@ pub fn find_cgroup2() -> std::io::Result<PathBuf> {
 }
 
 /// The cgroup id the kernel reports for a cgroup directory: its inode.
-pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
+pub(crate) fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(fs::metadata(dir)?.ino())
 }
 
 /// A cgroup made for one local run; removed on drop if still there.
-pub struct LocalCgroup {
-    pub path: PathBuf,
+pub(crate) struct LocalCgroup {
+    pub(crate) path: PathBuf,
     /// Path below the cgroup2 root, as the kernel names it.
-    pub rel: String,
-    pub id: u64,
+    pub(crate) rel: String,
+    pub(crate) id: u64,
     procs: File,
 }
 
 impl LocalCgroup {
     /// Makes `<cgroup2>/roar-node/<name>`.
-    pub fn create(root: &Path, name: &str) -> std::io::Result<Self> {
+    pub(crate) fn create(root: &Path, name: &str) -> std::io::Result<Self> {
         let parent = root.join("roar-node");
         match fs::create_dir(&parent) {
             Ok(()) => {}
@@ -97,26 +97,26 @@ impl LocalCgroup {
     }
 
     /// An fd a child writes "0" to (in `pre_exec`) to move itself here.
-    pub fn procs_fd(&self) -> std::os::fd::RawFd {
+    pub(crate) fn procs_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.procs.as_raw_fd()
     }
 
     /// Moves process `pid` into this cgroup.
     #[cfg(test)]
-    pub fn add(&self, pid: u32) -> std::io::Result<()> {
+    pub(crate) fn add(&self, pid: u32) -> std::io::Result<()> {
         use std::io::Write;
         (&self.procs).write_all(pid.to_string().as_bytes())
     }
 
     /// Whether any process is still in it (or in a descendant).
-    pub fn populated(&self) -> std::io::Result<bool> {
+    pub(crate) fn populated(&self) -> std::io::Result<bool> {
         let events = fs::read_to_string(self.path.join("cgroup.events"))?;
         Ok(events.lines().any(|l| l.trim() == "populated 1"))
     }
 
     /// Removes it (and empty descendants the command may have made).
-    pub fn remove(&self) -> std::io::Result<()> {
+    pub(crate) fn remove(&self) -> std::io::Result<()> {
         remove_tree(&self.path)
     }
 }

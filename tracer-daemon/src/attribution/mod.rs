@@ -18,10 +18,10 @@
 //! and their events counted as ignored; containers that never resolve are
 //! counted as unattributed.
 
-pub mod cgroup_path;
-pub mod cgroupfs;
-pub mod pods;
-pub mod policy;
+pub(crate) mod cgroup_path;
+pub(crate) mod cgroupfs;
+pub(crate) mod pods;
+pub(crate) mod policy;
 mod task;
 
 pub(crate) use self::task::TaskMeta;
@@ -41,7 +41,7 @@ use crate::events::{CgroupChange, Event};
 
 /// What the daemon must do.
 #[derive(Debug)]
-pub enum Action {
+pub(crate) enum Action {
     /// Put a pod's cgroup in the kernel trace set, its children as roots.
     TracePod(u64),
     /// Put a container cgroup in the kernel trace set as a task root (one
@@ -65,7 +65,7 @@ pub enum Action {
 
 /// Where an event goes.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// To its task in the engine (resolved, or waiting for its identity).
     Task,
     /// Dropped: the cgroup is known not to be traced. Counted.
@@ -75,16 +75,16 @@ pub enum Route {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AttributionStats {
+pub(crate) struct AttributionStats {
     /// Events collected while their container was not resolved yet.
-    pub before_resolution: u64,
+    pub(crate) before_resolution: u64,
     /// Events of cgroups that turned out not to be traced, dropped.
-    pub ignored: u64,
+    pub(crate) ignored: u64,
     /// Events no task could be found for (including the events of
     /// containers that never resolved).
-    pub unattributed: u64,
+    pub(crate) unattributed: u64,
     /// Container cgroups waiting for their identity now (a gauge).
-    pub waiting: u64,
+    pub(crate) waiting: u64,
 }
 
 #[derive(Debug)]
@@ -105,8 +105,8 @@ struct CgroupInfo {
     removed: Option<Instant>,
 }
 
-pub struct Attributor {
-    pub pods: PodIndex,
+pub(crate) struct Attributor {
+    pub(crate) pods: PodIndex,
     policy: Policy,
     cgroups: HashMap<u64, CgroupInfo>,
     /// Pod UID -> its pod-level cgroup.
@@ -117,11 +117,11 @@ pub struct Attributor {
     warned: HashSet<String>,
     /// Pod UID -> its first (smallest id) container cgroup: the sandbox.
     first_container_cgroup: HashMap<String, u64>,
-    pub stats: AttributionStats,
+    pub(crate) stats: AttributionStats,
 }
 
 impl Attributor {
-    pub fn new(policy: Policy) -> Self {
+    pub(crate) fn new(policy: Policy) -> Self {
         Self {
             pods: PodIndex::default(),
             policy,
@@ -165,7 +165,7 @@ impl Attributor {
     }
 
     /// A pod was added or changed (watch event or initial list).
-    pub fn on_pod(&mut self, pod: PodInfo) -> Vec<Action> {
+    pub(crate) fn on_pod(&mut self, pod: PodInfo) -> Vec<Action> {
         let mut out = Vec::new();
         let uid = pod.uid.clone();
         let traced = self.traced_reason(&pod, &mut out).is_some();
@@ -206,7 +206,7 @@ impl Attributor {
     }
 
     /// The pod is gone from the API server.
-    pub fn on_pod_deleted(&mut self, uid: &str, now: Instant) -> Vec<Action> {
+    pub(crate) fn on_pod_deleted(&mut self, uid: &str, now: Instant) -> Vec<Action> {
         self.pods.delete(uid, now);
         self.first_container_cgroup.remove(uid);
         let mut out = Vec::new();
@@ -242,7 +242,7 @@ impl Attributor {
     }
 
     /// A cgroup appeared (kernel event or start-up walk) or went away.
-    pub fn on_cgroup(&mut self, c: &CgroupChange, now: Instant) -> Vec<Action> {
+    pub(crate) fn on_cgroup(&mut self, c: &CgroupChange, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let path = String::from_utf8_lossy(&c.path).into_owned();
         if !c.created {
@@ -386,7 +386,7 @@ impl Attributor {
     }
 
     /// Routes a task event (not a cgroup one).
-    pub fn route(&mut self, ev: &Event) -> Route {
+    pub(crate) fn route(&mut self, ev: &Event) -> Route {
         match self.states.get(&ev.task) {
             Some(CgState::Traced) => Route::Task,
             Some(CgState::Pending { in_trace_set: true }) => {
@@ -411,7 +411,7 @@ impl Attributor {
     /// roar-node was tracing (the spool says so), so that capture resumes
     /// at start-up even while the API server is unreachable. It resolves
     /// (or is dropped) when its pod is known.
-    pub fn resume(&mut self, id: u64) -> Vec<Action> {
+    pub(crate) fn resume(&mut self, id: u64) -> Vec<Action> {
         let mut out = Vec::new();
         if self.container_cgroup(id).is_none() {
             return out;
@@ -438,7 +438,7 @@ impl Attributor {
     /// Known by the spool's path and already removed, it becomes a task
     /// again (to take those events), resolves when its pod is known, and
     /// closes then.
-    pub fn resume_gone(&mut self, id: u64, path: &str, now: Instant) -> Vec<Action> {
+    pub(crate) fn resume_gone(&mut self, id: u64, path: &str, now: Instant) -> Vec<Action> {
         if self.cgroups.contains_key(&id) {
             return self.resume(id);
         }
@@ -462,7 +462,7 @@ impl Attributor {
     /// A new policy. Pods it selects now are traced from here on; a pod
     /// it no longer selects keeps its running containers traced to their
     /// end (a record cut short would be worse), new ones are not.
-    pub fn set_policy(&mut self, policy: Policy) -> Vec<Action> {
+    pub(crate) fn set_policy(&mut self, policy: Policy) -> Vec<Action> {
         self.policy = policy;
         self.warned.clear();
         let now_traced: Vec<PodInfo> = self
@@ -477,16 +477,16 @@ impl Attributor {
             .collect()
     }
 
-    pub fn policy(&self) -> &Policy {
+    pub(crate) fn policy(&self) -> &Policy {
         &self.policy
     }
 
-    pub fn cgroup_removed(&self, id: u64) -> bool {
+    pub(crate) fn cgroup_removed(&self, id: u64) -> bool {
         self.cgroups.get(&id).is_some_and(|c| c.removed.is_some())
     }
 
     /// The container's state per the API server, for a traced cgroup.
-    pub fn run_state(&self, meta: &TaskMeta) -> Option<RunState> {
+    pub(crate) fn run_state(&self, meta: &TaskMeta) -> Option<RunState> {
         self.pods
             .get(&meta.pod_uid)?
             .find_run(&meta.container_id)
@@ -494,7 +494,7 @@ impl Attributor {
     }
 
     /// A task's record was written or dropped: forget its cgroup.
-    pub fn forget(&mut self, id: u64) {
+    pub(crate) fn forget(&mut self, id: u64) {
         if let Some(CgState::Pending { .. }) = self.states.remove(&id) {
             self.stats.waiting = self.stats.waiting.saturating_sub(1);
         }
@@ -507,7 +507,7 @@ impl Attributor {
     /// container has not resolved yet is kept for `pending_grace` (a
     /// short container's cgroup is often gone before the API server
     /// reports its container id), then dropped as unattributed.
-    pub fn sweep(&mut self, now: Instant, pending_grace: Duration) -> Vec<Action> {
+    pub(crate) fn sweep(&mut self, now: Instant, pending_grace: Duration) -> Vec<Action> {
         let mut out = Vec::new();
         let gone: Vec<u64> = self
             .cgroups
@@ -530,7 +530,7 @@ impl Attributor {
     }
 
     /// Pending container cgroups (for diagnostics).
-    pub fn pending(&self) -> Vec<String> {
+    pub(crate) fn pending(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .states
             .iter()
@@ -548,300 +548,4 @@ impl Attributor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::events::Body;
-
-    const POD: &str = include_str!("testdata/osmo-pod.json");
-
-    fn pod() -> PodInfo {
-        PodInfo::from_pod(&serde_json::from_str(POD).unwrap()).unwrap()
-    }
-
-    fn mkdir(id: u64, path: &str, traced: bool) -> CgroupChange {
-        CgroupChange {
-            created: true,
-            id,
-            parent_id: 0,
-            level: 0,
-            path: path.as_bytes().to_vec(),
-            path_truncated: false,
-            traced_by_kernel: traced,
-        }
-    }
-
-    fn exit_ev(task: u64) -> Event {
-        Event {
-            task,
-            tgid: 1,
-            pid: 1,
-            time_ns: 1,
-            body: Body::Exit { status: 0 },
-        }
-    }
-
-    fn id_of(p: &PodInfo, name: &str) -> String {
-        p.container(name).unwrap().runs[0].container_id.clone()
-    }
-
-    fn resolved(acts: &[Action], cgroup: u64) -> &TaskMeta {
-        acts.iter()
-            .find_map(|a| match a {
-                Action::Resolved(m) if m.cgroup_id == cgroup => Some(m),
-                _ => None,
-            })
-            .unwrap()
-    }
-
-    fn names(acts: &[Action]) -> Vec<String> {
-        acts.iter()
-            .map(|a| match a {
-                Action::TracePod(id) => format!("trace-pod {id}"),
-                Action::TraceContainer(id) => format!("trace {id}"),
-                Action::Untrace(id) => format!("untrace {id}"),
-                Action::Begin { cgroup, .. } => format!("begin {cgroup}"),
-                Action::Resolved(m) => {
-                    format!("resolved {} {} {}", m.cgroup_id, m.role, m.task_id())
-                }
-                Action::Discard {
-                    cgroup,
-                    unattributed,
-                } => format!("discard {cgroup} {unattributed}"),
-                Action::Warn(_) => "warn".into(),
-            })
-            .collect()
-    }
-
-    /// The order things happen on a node: pod known (no statuses yet), pod
-    /// cgroup, sandbox + container cgroups with events, then statuses.
-    #[test]
-    fn pod_first_then_cgroups_then_ids() {
-        let full = pod();
-        let mut early = full.clone();
-        early.phase = "Pending".into();
-        for c in &mut early.containers {
-            c.runs.clear();
-        }
-        let uid = full.uid.clone();
-        let base = format!("/kubepods/besteffort/pod{uid}");
-        let mut a = Attributor::new(Policy::default());
-        let now = Instant::now();
-        assert!(a.on_pod(early).is_empty(), "no cgroup yet");
-        let acts = a.on_cgroup(&mkdir(10, &base, false), now);
-        assert_eq!(names(&acts), ["trace-pod 10"]);
-        // The kernel made these roots because their parent is traced.
-        let sandbox = "a".repeat(64);
-        for (id, cid) in [
-            (11, sandbox.as_str()),
-            (12, &id_of(&full, "osmo-init")),
-            (13, &id_of(&full, "osmo-ctrl")),
-            (14, &id_of(&full, "train")),
-        ] {
-            let acts = a.on_cgroup(&mkdir(id, &format!("{base}/{cid}"), true), now);
-            assert_eq!(names(&acts), [format!("begin {id}")]);
-            assert_eq!(a.route(&exit_ev(id)), Route::Task);
-        }
-        assert_eq!(a.stats.waiting, 4);
-        assert_eq!(a.route(&exit_ev(99)), Route::Unattributed);
-        let acts = a.on_pod(full);
-        assert_eq!(
-            names(&acts),
-            [
-                "untrace 11",
-                "discard 11 false",
-                "untrace 12",
-                "discard 12 false",
-                &format!("resolved 13 osmo-ctrl {uid}:osmo-ctrl:0:0"),
-                &format!("resolved 14 user {uid}:train:0:0"),
-            ]
-        );
-        assert_eq!(a.route(&exit_ev(14)), Route::Task);
-        assert_eq!(a.route(&exit_ev(11)), Route::Ignored);
-        assert_eq!(a.stats.before_resolution, 4);
-        assert_eq!(a.stats.ignored, 1);
-        assert_eq!(a.stats.unattributed, 1);
-        assert_eq!(a.stats.waiting, 0);
-        assert!(!resolved(&acts, 14).started_before_agent);
-    }
-
-    /// Start-up: cgroups walked before the pods are listed; running
-    /// containers go into the trace set directly.
-    #[test]
-    fn startup_walk_then_list() {
-        let full = pod();
-        let uid = full.uid.clone();
-        let base = format!("/kubepods/besteffort/pod{uid}");
-        let mut a = Attributor::new(Policy::default());
-        let now = Instant::now();
-        a.on_cgroup(&mkdir(10, &base, false), now);
-        a.on_cgroup(
-            &mkdir(14, &format!("{base}/{}", id_of(&full, "train")), false),
-            now,
-        );
-        let acts = a.on_pod(full);
-        assert_eq!(
-            names(&acts),
-            [
-                "trace-pod 10".to_string(),
-                "trace 14".into(),
-                "begin 14".into(),
-                format!("resolved 14 user {uid}:train:0:0")
-            ]
-        );
-        assert!(resolved(&acts, 14).started_before_agent);
-    }
-
-    /// A restarted container's new cgroup appears before the status shows
-    /// its id (the previous run's id is there): it is not the sandbox.
-    #[test]
-    fn restarted_container_is_not_the_sandbox() {
-        let full = pod();
-        let uid = full.uid.clone();
-        let base = format!("/kubepods/besteffort/pod{uid}");
-        let mut a = Attributor::new(Policy::default());
-        let t0 = Instant::now();
-        let mut running = full.clone();
-        running.phase = "Running".into();
-        a.on_pod(running.clone());
-        a.on_cgroup(&mkdir(10, &base, false), t0);
-        a.on_cgroup(&mkdir(11, &format!("{base}/{}", "a".repeat(64)), true), t0);
-        let first = id_of(&full, "train");
-        a.on_cgroup(&mkdir(14, &format!("{base}/{first}"), true), t0);
-        let second = "b".repeat(64);
-        let acts = a.on_cgroup(&mkdir(15, &format!("{base}/{second}"), true), t0);
-        assert_eq!(names(&acts), ["begin 15"], "waits for its id");
-        assert_eq!(a.stats.waiting, 1);
-        // The status now shows the new run, the old one in lastState.
-        let c = running
-            .containers
-            .iter_mut()
-            .find(|c| c.name == "train")
-            .unwrap();
-        c.runs.insert(
-            0,
-            pods::ContainerRun {
-                container_id: second.clone(),
-                restart_count: 1,
-                state: RunState::Running,
-            },
-        );
-        c.runs[1].restart_count = 0;
-        let acts = a.on_pod(running);
-        assert!(
-            names(&acts).contains(&format!("resolved 15 user {uid}:train:0:1")),
-            "{:?}",
-            names(&acts)
-        );
-    }
-
-    /// A container a previous daemon traced, found by the start-up walk:
-    /// into the trace set at once, before its pod is known; it resolves as a
-    /// task that was traced all along (the spool says what is missing).
-    #[test]
-    fn resumed_after_the_walk() {
-        let p = pod();
-        let base = format!("/kubepods/besteffort/pod{}", p.uid);
-        let mut a = Attributor::new(Policy::default());
-        let now = Instant::now();
-        a.on_cgroup(&mkdir(1, &base, false), now);
-        let sandbox = "a".repeat(64);
-        a.on_cgroup(&mkdir(2, &format!("{base}/{sandbox}"), false), now);
-        let train = mkdir(3, &format!("{base}/{}", id_of(&p, "train")), false);
-        assert!(a.on_cgroup(&train, now).is_empty());
-        assert_eq!(names(&a.resume(3)), ["trace 3", "begin 3"]);
-        assert!(a.resume(3).is_empty(), "once");
-        assert!(a.resume(99).is_empty(), "unknown cgroup");
-        let acts = a.on_pod(p.clone());
-        let resolved: Vec<_> = acts
-            .iter()
-            .filter_map(|x| match x {
-                Action::Resolved(m) if m.cgroup_id == 3 => Some(m.clone()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(resolved.len(), 1, "{:?}", names(&acts));
-        assert!(!resolved[0].started_before_agent);
-    }
-
-    /// With the programs pinned, a container that ended while no daemon
-    /// ran is a task again (its last events are in the ring buffer), known
-    /// as removed; it resolves when its pod is known.
-    #[test]
-    fn resumed_after_it_ended() {
-        let p = pod();
-        let base = format!("/kubepods/besteffort/pod{}", p.uid);
-        let mut a = Attributor::new(Policy::default());
-        let now = Instant::now();
-        a.on_cgroup(&mkdir(1, &base, false), now);
-        a.on_cgroup(&mkdir(2, &format!("{base}/{}", "a".repeat(64)), false), now);
-        let path = format!("{base}/{}", id_of(&p, "train"));
-        assert_eq!(names(&a.resume_gone(3, &path, now)), ["begin 3"]);
-        assert!(a.cgroup_removed(3));
-        assert!(a.resume_gone(4, "/not/a/container", now).is_empty());
-        let acts = a.on_pod(p.clone());
-        assert!(
-            acts.iter()
-                .any(|x| matches!(x, Action::Resolved(m) if m.cgroup_id == 3)),
-            "{:?}",
-            names(&acts)
-        );
-    }
-
-    #[test]
-    fn never_resolved_is_unattributed() {
-        let full = pod();
-        let uid = full.uid.clone();
-        let base = format!("/kubepods/besteffort/pod{uid}");
-        let mut a = Attributor::new(Policy::default());
-        let t0 = Instant::now();
-        let mut early = full.clone();
-        early.phase = "Pending".into();
-        for c in &mut early.containers {
-            c.runs.clear();
-        }
-        a.on_pod(early);
-        a.on_cgroup(&mkdir(10, &base, false), t0);
-        let id = id_of(&full, "train");
-        a.on_cgroup(&mkdir(14, &format!("{base}/{id}"), true), t0);
-        let mut rm = mkdir(14, &format!("{base}/{id}"), false);
-        rm.created = false;
-        a.on_cgroup(&rm, t0);
-        assert!(
-            a.sweep(t0 + Duration::from_secs(5), Duration::from_secs(60))
-                .is_empty()
-        );
-        let acts = a.sweep(t0 + Duration::from_secs(61), Duration::from_secs(60));
-        assert_eq!(names(&acts), ["untrace 14", "discard 14 true"]);
-        assert_eq!(a.stats.waiting, 0);
-    }
-
-    #[test]
-    fn opted_out_and_malformed() {
-        let mut p = pod();
-        p.annotations
-            .insert(policy::ANNOTATION.into(), "yes please".into());
-        let uid = p.uid.clone();
-        let mut a = Attributor::new(Policy {
-            osmo: true,
-            ..Default::default()
-        });
-        let acts = a.on_pod(p.clone());
-        assert!(matches!(&acts[..], [Action::Warn(m)] if m.contains("yes please")));
-        assert!(a.on_pod(p.clone()).is_empty(), "warned once");
-        let acts = a.on_cgroup(
-            &mkdir(10, &format!("/kubepods/besteffort/pod{uid}"), false),
-            Instant::now(),
-        );
-        assert!(acts.is_empty());
-        p.annotations
-            .insert(policy::ANNOTATION.into(), "false".into());
-        a.on_pod(p);
-        let cid = id_of(&pod(), "train");
-        let acts = a.on_cgroup(
-            &mkdir(14, &format!("/kubepods/besteffort/pod{uid}/{cid}"), false),
-            Instant::now(),
-        );
-        assert!(acts.is_empty());
-        assert_eq!(a.route(&exit_ev(14)), Route::Unattributed);
-    }
-}
+mod tests;

@@ -21,16 +21,6 @@ pub enum ContainerKind {
     Ephemeral,
 }
 
-impl ContainerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Init => "init",
-            Self::Regular => "regular",
-            Self::Ephemeral => "ephemeral",
-        }
-    }
-}
-
 /// What `status.*ContainerStatuses[].state` says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -78,7 +68,7 @@ pub struct PodInfo {
 }
 
 /// `containerd://<id>` -> `<id>`; any runtime prefix.
-pub fn strip_runtime_prefix(id: &str) -> &str {
+pub(crate) fn strip_runtime_prefix(id: &str) -> &str {
     id.split_once("://").map_or(id, |(_, rest)| rest)
 }
 
@@ -130,7 +120,7 @@ type SpecList<'a> = (
 
 impl PodInfo {
     /// The part of `pod` attribution needs; `None` without a UID.
-    pub fn from_pod(pod: &Pod) -> Option<Self> {
+    pub(crate) fn from_pod(pod: &Pod) -> Option<Self> {
         let md = &pod.metadata;
         let uid = md.uid.clone()?;
         let spec = pod.spec.as_ref();
@@ -196,12 +186,12 @@ impl PodInfo {
         })
     }
 
-    pub fn container(&self, name: &str) -> Option<&ContainerInfo> {
+    pub(crate) fn container(&self, name: &str) -> Option<&ContainerInfo> {
         self.containers.iter().find(|c| c.name == name)
     }
 
     /// The container and run a container id belongs to.
-    pub fn find_run(&self, container_id: &str) -> Option<(&ContainerInfo, &ContainerRun)> {
+    pub(crate) fn find_run(&self, container_id: &str) -> Option<(&ContainerInfo, &ContainerRun)> {
         self.containers.iter().find_map(|c| {
             c.runs
                 .iter()
@@ -210,10 +200,11 @@ impl PodInfo {
         })
     }
 
+    #[cfg(test)]
     /// Every container has started at least once (has an id) or is
     /// finished: a cgroup of this pod that matches none of them is the
     /// sandbox's. Init containers that have not run yet keep this false.
-    pub fn all_containers_have_ids(&self) -> bool {
+    pub(crate) fn all_containers_have_ids(&self) -> bool {
         self.containers
             .iter()
             .filter(|c| c.kind != ContainerKind::Ephemeral)
@@ -221,7 +212,7 @@ impl PodInfo {
     }
 
     /// The pod has finished for good (restartPolicy Never/OnFailure done).
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.phase == "Succeeded" || self.phase == "Failed"
     }
 }
@@ -234,13 +225,13 @@ struct Entry {
 
 /// Pods by UID, plus container id -> pod UID.
 #[derive(Debug, Default)]
-pub struct PodIndex {
+pub(crate) struct PodIndex {
     pods: HashMap<String, Entry>,
 }
 
 impl PodIndex {
     /// Adds or replaces a pod. Returns the previous version.
-    pub fn upsert(&mut self, pod: PodInfo) -> Option<PodInfo> {
+    pub(crate) fn upsert(&mut self, pod: PodInfo) -> Option<PodInfo> {
         let uid = pod.uid.clone();
         self.pods
             .insert(
@@ -254,18 +245,18 @@ impl PodIndex {
     }
 
     /// Marks a pod deleted; it stays findable until `expire`.
-    pub fn delete(&mut self, uid: &str, now: Instant) {
+    pub(crate) fn delete(&mut self, uid: &str, now: Instant) {
         if let Some(e) = self.pods.get_mut(uid) {
             e.deleted_at.get_or_insert(now);
         }
     }
 
-    pub fn is_deleted(&self, uid: &str) -> bool {
+    pub(crate) fn is_deleted(&self, uid: &str) -> bool {
         self.pods.get(uid).is_some_and(|e| e.deleted_at.is_some())
     }
 
     /// Forgets pods deleted more than `grace` ago (except `keep`).
-    pub fn expire(&mut self, now: Instant, grace: Duration, keep: impl Fn(&str) -> bool) {
+    pub(crate) fn expire(&mut self, now: Instant, grace: Duration, keep: impl Fn(&str) -> bool) {
         let gone: Vec<String> = self
             .pods
             .iter()
@@ -280,13 +271,13 @@ impl PodIndex {
         }
     }
 
-    pub fn get(&self, uid: &str) -> Option<&PodInfo> {
+    pub(crate) fn get(&self, uid: &str) -> Option<&PodInfo> {
         self.pods.get(uid).map(|e| &e.pod)
     }
 
     /// UIDs of every pod not in `keep` (for a re-list: pods that vanished
     /// while the watch was down).
-    pub fn uids_not_in(&self, keep: &std::collections::HashSet<String>) -> Vec<String> {
+    pub(crate) fn uids_not_in(&self, keep: &std::collections::HashSet<String>) -> Vec<String> {
         self.pods
             .iter()
             .filter(|(uid, e)| e.deleted_at.is_none() && !keep.contains(*uid))
@@ -294,12 +285,12 @@ impl PodIndex {
             .collect()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pods.len()
     }
 
     /// Pods not deleted.
-    pub fn live(&self) -> impl Iterator<Item = &PodInfo> {
+    pub(crate) fn live(&self) -> impl Iterator<Item = &PodInfo> {
         self.pods
             .values()
             .filter(|e| e.deleted_at.is_none())

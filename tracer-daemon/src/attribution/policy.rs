@@ -172,7 +172,7 @@ impl Policy {
 }
 
 /// Keys of the policy ConfigMap (one file each when it is mounted).
-pub const POLICY_KEYS: [&str; 3] = ["namespaces", "selectors", "presets"];
+pub(crate) const POLICY_KEYS: [&str; 3] = ["namespaces", "selectors", "presets"];
 /// A policy file larger than this is not a policy.
 const MAX_POLICY_FILE: u64 = 1 << 20;
 
@@ -182,7 +182,7 @@ impl Policy {
     /// entries are skipped). Any other key, an unreadable, non-UTF-8 or
     /// oversized file, a bad selector or an unknown preset is an error
     /// that names it.
-    pub fn from_dir(dir: &Path) -> Result<Self, String> {
+    pub(crate) fn from_dir(dir: &Path) -> Result<Self, String> {
         let entries =
             std::fs::read_dir(dir).map_err(|e| format!("policy {}: {e}", dir.display()))?;
         let mut values: BTreeMap<&str, String> = BTreeMap::new();
@@ -223,7 +223,7 @@ impl Policy {
     }
 
     /// The policy in one line, for logs.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let sels: Vec<&str> = self.selectors.iter().map(Selector::as_str).collect();
         format!(
             "annotation {ANNOTATION}=true; namespaces [{}]; selectors [{}]; osmo preset {}",
@@ -236,19 +236,19 @@ impl Policy {
 
 /// A policy directory, re-read when its contents change (the kubelet
 /// updates a mounted ConfigMap in place, by swapping a symlink).
-pub struct PolicyDir {
+pub(crate) struct PolicyDir {
     dir: std::path::PathBuf,
     seen: Option<blake3::Hash>,
 }
 
 impl PolicyDir {
-    pub fn new(dir: std::path::PathBuf) -> Self {
+    pub(crate) fn new(dir: std::path::PathBuf) -> Self {
         Self { dir, seen: None }
     }
 
     /// `None` when nothing changed since the last call; otherwise the new
     /// policy or why it is invalid (the caller keeps the one in force).
-    pub fn poll(&mut self) -> Option<Result<Policy, String>> {
+    pub(crate) fn poll(&mut self) -> Option<Result<Policy, String>> {
         let mut h = blake3::Hasher::new();
         let mut names: Vec<_> = std::fs::read_dir(&self.dir)
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
@@ -271,7 +271,7 @@ impl PolicyDir {
     }
 }
 
-pub fn is_osmo(pod: &PodInfo) -> bool {
+pub(crate) fn is_osmo(pod: &PodInfo) -> bool {
     pod.labels.contains_key(OSMO_TASK_LABEL)
 }
 

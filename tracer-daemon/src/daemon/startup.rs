@@ -99,49 +99,18 @@ pub(super) async fn start(
 
     let (tx, pod_rx) = mpsc::channel(1024);
     watch::spawn_pod_watch(client, config.node_name.clone(), tx);
-
-    let Capture {
-        probes,
-        reader,
-        pool,
-        engine,
-    } = capture;
-    let mut state = State {
-        ctx: Ctx {
-            cgroot: cgroot.clone(),
-            host_proc: config.host_proc.clone(),
-            node: config.node_name.clone(),
-            grace: config.grace,
-            status_wait: config.status_wait,
-            trace_flags: if config.no_suppress {
-                TRACE_NO_SUPPRESS
-            } else {
-                0
-            },
-            pool,
-            filters: Arc::new(PathFilterConfig::default()),
-            stats_file: config.stats_file.clone(),
-        },
-        probes,
-        engine,
+    let parts = Parts {
+        cgroot: cgroot.clone(),
+        capture,
         attr,
         delivery,
         spool,
         orphans,
         policy_dir,
-        api: ApiState {
-            reachable: api_reachable,
-            watch_healthy: api_reachable,
-            ..ApiState::default()
-        },
-        counters: Counters {
-            spool_damaged: recovered.corrupt_entries,
-            spool_torn_bytes: recovered.torn_bytes,
-            ..Counters::default()
-        },
-        started: Instant::now(),
-        seconds: 0,
+        api_reachable,
+        recovered_damage: (recovered.corrupt_entries, recovered.torn_bytes),
     };
+    let (mut state, reader) = State::new(config, parts);
     state.execute(resume_acts);
     // Their state as last checkpointed, before any new event is applied.
     for c in resumed {
@@ -160,6 +129,68 @@ pub(super) async fn start(
         reader,
         pod_rx,
     }))
+}
+
+/// What start-up made, before it is one `State`.
+struct Parts {
+    cgroot: std::path::PathBuf,
+    capture: Capture<super::lifecycle::Lifecycle>,
+    attr: Attributor,
+    delivery: Arc<Delivery>,
+    spool: SharedSpool,
+    orphans: Orphans,
+    policy_dir: Option<PolicyDir>,
+    api_reachable: bool,
+    /// Damaged entries and torn bytes found in the spool.
+    recovered_damage: (u64, u64),
+}
+
+impl State {
+    fn new(config: &Config, p: Parts) -> (Self, EventReader) {
+        let Capture {
+            probes,
+            reader,
+            pool,
+            engine,
+        } = p.capture;
+        let state = State {
+            ctx: Ctx {
+                cgroot: p.cgroot,
+                host_proc: config.host_proc.clone(),
+                node: config.node_name.clone(),
+                grace: config.grace,
+                status_wait: config.status_wait,
+                trace_flags: if config.no_suppress {
+                    TRACE_NO_SUPPRESS
+                } else {
+                    0
+                },
+                pool,
+                filters: Arc::new(PathFilterConfig::default()),
+                stats_file: config.stats_file.clone(),
+            },
+            probes,
+            engine,
+            attr: p.attr,
+            delivery: p.delivery,
+            spool: p.spool,
+            orphans: p.orphans,
+            policy_dir: p.policy_dir,
+            api: ApiState {
+                reachable: p.api_reachable,
+                watch_healthy: p.api_reachable,
+                ..ApiState::default()
+            },
+            counters: Counters {
+                spool_damaged: p.recovered_damage.0,
+                spool_torn_bytes: p.recovered_damage.1,
+                ..Counters::default()
+            },
+            started: Instant::now(),
+            seconds: 0,
+        };
+        (state, reader)
+    }
 }
 
 fn load_policy(source: &PolicySource) -> anyhow::Result<(Policy, Option<PolicyDir>)> {

@@ -4,7 +4,7 @@
 //! record into an owned event with whole paths (the kernel sends path
 //! pieces), and counts what it rejects.
 
-pub mod reader;
+pub(crate) mod reader;
 
 use roar_node_common::{
     decode::{DecodeError, RawEvent, RawPath, decode},
@@ -26,10 +26,10 @@ const RENAME_EXCHANGE: u32 = 1 << 1;
 
 /// A path as the task saw it, and whether it is exact.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FilePath {
-    pub bytes: Vec<u8>,
+pub(crate) struct FilePath {
+    pub(crate) bytes: Vec<u8>,
     /// `PATH_*` flags that make it inexact (0 when exact).
-    pub inexact: u16,
+    pub(crate) inexact: u16,
 }
 
 impl FilePath {
@@ -44,7 +44,7 @@ impl FilePath {
 /// Lexical normalization: drops `.` and empty components and applies `..`.
 /// Only caller-supplied (rename/unlink) paths can contain them; paths the
 /// kernel walked are already canonical.
-pub fn normalize(path: &[u8]) -> Vec<u8> {
+pub(crate) fn normalize(path: &[u8]) -> Vec<u8> {
     let mut parts: Vec<&[u8]> = Vec::new();
     for c in path.split(|b| *b == b'/') {
         match c {
@@ -70,12 +70,12 @@ pub fn normalize(path: &[u8]) -> Vec<u8> {
 pub struct Event {
     /// The task (its root cgroup id); 0 for cgroup lifecycle events of
     /// untraced cgroups.
-    pub task: u64,
-    pub tgid: u32,
-    pub pid: u32,
+    pub(crate) task: u64,
+    pub(crate) tgid: u32,
+    pub(crate) pid: u32,
     /// CLOCK_BOOTTIME nanoseconds.
-    pub time_ns: u64,
-    pub body: Body,
+    pub(crate) time_ns: u64,
+    pub(crate) body: Body,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,38 +103,38 @@ pub enum Body {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Exec {
-    pub ppid: u32,
-    pub exe: FilePath,
-    pub argv: Vec<Vec<u8>>,
-    pub argv_truncated: bool,
-    pub argv_unreadable: bool,
+pub(crate) struct Exec {
+    pub(crate) ppid: u32,
+    pub(crate) exe: FilePath,
+    pub(crate) argv: Vec<Vec<u8>>,
+    pub(crate) argv_truncated: bool,
+    pub(crate) argv_unreadable: bool,
     /// argv bytes in the process image.
-    pub argv_total_len: u32,
-    pub mnt_ns: u32,
-    pub uid: u32,
-    pub own_cgroup: u64,
+    pub(crate) argv_total_len: u32,
+    pub(crate) mnt_ns: u32,
+    pub(crate) uid: u32,
+    pub(crate) own_cgroup: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Open {
-    pub path: FilePath,
-    pub read: bool,
-    pub write: bool,
-    pub created: bool,
-    pub truncated: bool,
+pub(crate) struct Open {
+    pub(crate) path: FilePath,
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+    pub(crate) created: bool,
+    pub(crate) truncated: bool,
     /// Kernel `dev_t` (major << 20 | minor).
-    pub dev: u32,
-    pub ino: u64,
-    pub generation: u32,
+    pub(crate) dev: u32,
+    pub(crate) ino: u64,
+    pub(crate) generation: u32,
     /// File size when the open returned.
-    pub size: u64,
-    pub syscall: u32,
+    pub(crate) size: u64,
+    pub(crate) syscall: u32,
 }
 
 impl Open {
     /// Device number in the userspace (`stat`) encoding.
-    pub fn user_dev(&self) -> u64 {
+    pub(crate) fn user_dev(&self) -> u64 {
         let major = (self.dev >> 20) as u64;
         let minor = (self.dev & 0xfffff) as u64;
         libc::makedev(major as u32, minor as u32)
@@ -142,16 +142,16 @@ impl Open {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CgroupChange {
-    pub created: bool,
-    pub id: u64,
-    pub parent_id: u64,
-    pub level: u32,
+pub(crate) struct CgroupChange {
+    pub(crate) created: bool,
+    pub(crate) id: u64,
+    pub(crate) parent_id: u64,
+    pub(crate) level: u32,
     /// Path below the cgroup2 root, e.g. `/kubepods/besteffort/pod<uid>/<id>`.
-    pub path: Vec<u8>,
-    pub path_truncated: bool,
+    pub(crate) path: Vec<u8>,
+    pub(crate) path_truncated: bool,
     /// The kernel started tracing it because its parent is traced.
-    pub traced_by_kernel: bool,
+    pub(crate) traced_by_kernel: bool,
 }
 
 /// Decodes one ring-buffer record into an owned event.
@@ -231,7 +231,7 @@ fn split_argv(bytes: &[u8]) -> Vec<Vec<u8>> {
 }
 
 impl Body {
-    pub fn kind(&self) -> EventKind {
+    pub(crate) fn kind(&self) -> EventKind {
         match self {
             Body::Exec(_) => EventKind::Exec,
             Body::Fork { .. } => EventKind::Fork,

@@ -10,14 +10,14 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 /// How often the buffer is drained when nothing wakes the reader.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
-pub struct EventReader {
+pub(crate) struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
 }
 
 impl EventReader {
-    pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
+    pub(crate) fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd
         // owns the RingBuf, and always reports the same fd.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -26,7 +26,7 @@ impl EventReader {
     }
 
     /// Hands every waiting record to `f`; returns how many.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
@@ -37,7 +37,7 @@ impl EventReader {
     }
 
     /// Waits for a wakeup or the drain interval, whichever comes first.
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         tokio::select! {
             guard = self.ring.readable_mut() => {
                 if let Ok(mut g) = guard {

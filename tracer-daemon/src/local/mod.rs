@@ -21,7 +21,8 @@ use crate::{
     events::reader::EventReader,
     probes::ProbeOptions,
     records::{
-        Clock, LocalTask, Record, RecordBuilder, TaskIdentity, path_filters::PathFilterConfig,
+        Clock, LocalTask, Record, RecordBuilder, TaskIdentity, TracerUsage,
+        path_filters::PathFilterConfig,
     },
     sinks::{Delivery, bundle::BundleDir},
     tasks::TaskLimits,
@@ -238,20 +239,16 @@ fn program_name(argv0: &OsString) -> String {
 
 /// roar-node's own cost for this run (the command's is not included): CPU
 /// time and peak resident memory of this process, all threads.
-fn tracer_usage() -> serde_json::Value {
+fn tracer_usage() -> Result<TracerUsage, String> {
     use nix::sys::resource::{UsageWho, getrusage};
-    match getrusage(UsageWho::RUSAGE_SELF) {
-        Ok(u) => {
-            let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-            serde_json::json!({
-                "cpu_user_seconds": secs(u.user_time()),
-                "cpu_system_seconds": secs(u.system_time()),
-                // Linux reports ru_maxrss in KiB.
-                "max_rss_bytes": u.max_rss() as u64 * 1024,
-            })
-        }
-        Err(e) => serde_json::json!({"error": e.to_string()}),
-    }
+    let u = getrusage(UsageWho::RUSAGE_SELF).map_err(|e| e.to_string())?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(TracerUsage {
+        cpu_user_seconds: secs(u.user_time()),
+        cpu_system_seconds: secs(u.system_time()),
+        // Linux reports ru_maxrss in KiB.
+        max_rss_bytes: u.max_rss() as u64 * 1024,
+    })
 }
 
 /// "sh -c 'cat a > b'" style, shortened.

@@ -14,10 +14,10 @@ use std::{
 /// ticks every 200 ms; 30 s is far beyond any honest pause (a long drain,
 /// a slow API server) and still restarts a wedged daemon within a minute or
 /// two with the DaemonSet's liveness probe.
-pub const DEFAULT_STALENESS: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_STALENESS: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     /// Why this node cannot be traced at all (no cgroup v2, no BTF, the
     /// kernel refused the programs), once known: never ready then.
     unsupported: std::sync::OnceLock<String>,
@@ -31,7 +31,7 @@ pub struct Health {
 
 /// Why a probe fails; its `Display` is the probe's response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotOk {
+pub(crate) enum NotOk {
     /// The loop has not beaten for `since` (more than `limit`).
     Stale { since: Duration, limit: Duration },
     /// Not ready: what is missing, in words.
@@ -61,7 +61,7 @@ impl Default for Health {
 impl Health {
     /// Creation counts as a beat: start-up (loading programs, the first pod
     /// list) has `staleness` to reach the loop before /healthz fails.
-    pub fn new(staleness: Duration) -> Self {
+    pub(crate) fn new(staleness: Duration) -> Self {
         Self {
             unsupported: std::sync::OnceLock::new(),
             programs_attached: AtomicBool::new(false),
@@ -73,42 +73,42 @@ impl Health {
     }
 
     /// The daemon loop calls this every tick.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.last_beat_ms
             .store(self.elapsed_ms(), Ordering::Relaxed);
     }
 
     /// This node cannot be traced, and why: /readyz says so from now on.
-    pub fn set_unsupported(&self, why: String) {
+    pub(crate) fn set_unsupported(&self, why: String) {
         let _ = self.unsupported.set(why);
     }
 
-    pub fn set_programs_attached(&self, attached: bool) {
+    pub(crate) fn set_programs_attached(&self, attached: bool) {
         self.programs_attached.store(attached, Ordering::Relaxed);
     }
 
     /// True once the pod watch's first list is in: before it, a cgroup of
     /// an opted-in pod cannot be told from any other.
-    pub fn set_pod_cache_synced(&self, synced: bool) {
+    pub(crate) fn set_pod_cache_synced(&self, synced: bool) {
         self.pod_cache_synced.store(synced, Ordering::Relaxed);
     }
 
-    pub fn programs_attached(&self) -> bool {
+    pub(crate) fn programs_attached(&self) -> bool {
         self.programs_attached.load(Ordering::Relaxed)
     }
 
-    pub fn pod_cache_synced(&self) -> bool {
+    pub(crate) fn pod_cache_synced(&self) -> bool {
         self.pod_cache_synced.load(Ordering::Relaxed)
     }
 
     /// Time since the last beat.
-    pub fn since_beat(&self) -> Duration {
+    pub(crate) fn since_beat(&self) -> Duration {
         let last = self.last_beat_ms.load(Ordering::Relaxed);
         Duration::from_millis(self.elapsed_ms().saturating_sub(last))
     }
 
     /// /healthz: the loop beat within `staleness`.
-    pub fn liveness(&self) -> Result<(), NotOk> {
+    pub(crate) fn liveness(&self) -> Result<(), NotOk> {
         let since = self.since_beat();
         if since > self.staleness {
             return Err(NotOk::Stale {
@@ -121,7 +121,7 @@ impl Health {
 
     /// /readyz: programs attached, pod cache synced, and alive. Names every
     /// missing part, so one probe failure says all that is wrong.
-    pub fn readiness(&self) -> Result<(), NotOk> {
+    pub(crate) fn readiness(&self) -> Result<(), NotOk> {
         let mut missing = Vec::new();
         if let Some(why) = self.unsupported.get() {
             missing.push(format!("cannot trace on this node: {why}"));

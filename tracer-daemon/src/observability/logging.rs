@@ -8,10 +8,10 @@ use tracing::Subscriber;
 use tracing_subscriber::{EnvFilter, fmt, fmt::MakeWriter, util::SubscriberInitExt};
 
 /// Environment variable of `--log-format`.
-pub const LOG_FORMAT_ENV: &str = "ROAR_NODE_LOG_FORMAT";
+pub(crate) const LOG_FORMAT_ENV: &str = "ROAR_NODE_LOG_FORMAT";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines (colored on a terminal).
     #[default]
     Text,
@@ -23,7 +23,7 @@ pub enum LogFormat {
 
 /// Installs the global subscriber (and routes the `log` crate's records,
 /// e.g. from dependencies, into it). A second call does nothing.
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let ansi = std::io::stderr().is_terminal();
     let _ = subscriber(format, filter, std::io::stderr, ansi).try_init();
@@ -31,7 +31,7 @@ pub fn init(format: LogFormat) {
 
 /// The subscriber `init` installs, writing to `writer`: separate so tests
 /// can read what a line looks like.
-pub fn subscriber<W>(
+pub(crate) fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
     writer: W,

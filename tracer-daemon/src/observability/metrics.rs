@@ -18,29 +18,29 @@ use prometheus_client::{
 use roar_node_common::event::EventKind;
 
 /// Every family is exported under this prefix (`roar_node_events_total`).
-pub const PREFIX: &str = "roar_node";
+pub(crate) const PREFIX: &str = "roar_node";
 
 /// Content type of [`Metrics::encode`]'s output, for the HTTP response.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `kind` label of `events_total`. `Cow` so the usual `&'static str` names
 /// cost no allocation when the loop mirrors its totals.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: Cow<'static, str>,
+pub(crate) struct KindLabel {
+    pub(crate) kind: Cow<'static, str>,
 }
 
 /// `cause` label of `events_lost_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CauseLabel {
-    pub cause: Cow<'static, str>,
+pub(crate) struct CauseLabel {
+    pub(crate) cause: Cow<'static, str>,
 }
 
 /// `queue` label of `queue_depth`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueueLabel {
-    pub queue: Cow<'static, str>,
+pub(crate) struct QueueLabel {
+    pub(crate) queue: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,13 +49,13 @@ struct VersionLabel {
 }
 
 impl KindLabel {
-    pub fn new(kind: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn new(kind: impl Into<Cow<'static, str>>) -> Self {
         Self { kind: kind.into() }
     }
 }
 
 impl CauseLabel {
-    pub fn new(cause: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn new(cause: impl Into<Cow<'static, str>>) -> Self {
         Self {
             cause: cause.into(),
         }
@@ -63,7 +63,7 @@ impl CauseLabel {
 }
 
 impl QueueLabel {
-    pub fn new(queue: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn new(queue: impl Into<Cow<'static, str>>) -> Self {
         Self {
             queue: queue.into(),
         }
@@ -72,17 +72,17 @@ impl QueueLabel {
 
 /// Queue names the daemon reports under `queue_depth{queue=...}`; shared
 /// here so the dashboards and the daemon agree on the spelling.
-pub mod queue {
+pub(crate) mod queue {
     /// Bytes written by the kernel into the ring buffer and not yet read.
-    pub const RING_BUFFER_UNREAD_BYTES: &str = "ring_buffer_unread_bytes";
+    pub(crate) const RING_BUFFER_UNREAD_BYTES: &str = "ring_buffer_unread_bytes";
     /// Pod watch events waiting for the loop.
-    pub const POD_EVENTS: &str = "pod_events";
+    pub(crate) const POD_EVENTS: &str = "pod_events";
     /// Files waiting for a hashing thread.
-    pub const HASH_JOBS: &str = "hash_jobs";
+    pub(crate) const HASH_JOBS: &str = "hash_jobs";
     /// Events held until their cgroup is attributed to a task.
-    pub const PENDING_EVENTS: &str = "pending_events";
+    pub(crate) const PENDING_EVENTS: &str = "pending_events";
 
-    pub const ALL: [&str; 4] = [
+    pub(crate) const ALL: [&str; 4] = [
         RING_BUFFER_UNREAD_BYTES,
         POD_EVENTS,
         HASH_JOBS,
@@ -94,16 +94,16 @@ pub mod queue {
 
 /// Loss causes under `events_lost_total{cause=...}`: the record's
 /// `lost_by_cause` names, with the kernel's reserve failures split by why.
-pub mod cause {
+pub(crate) mod cause {
     /// The ring buffer had no room for the event (per-CPU counters, every
     /// kind summed).
-    pub const KERNEL_RING_BUFFER_FULL: &str = "kernel_ring_buffer_full";
+    pub(crate) const KERNEL_RING_BUFFER_FULL: &str = "kernel_ring_buffer_full";
     /// The program had no scratch space to build the event.
-    pub const KERNEL_SCRATCH_UNAVAILABLE: &str = "kernel_scratch_unavailable";
+    pub(crate) const KERNEL_SCRATCH_UNAVAILABLE: &str = "kernel_scratch_unavailable";
     /// Read from the ring buffer but rejected by the decoder.
-    pub const UNDECODABLE: &str = "undecodable";
+    pub(crate) const UNDECODABLE: &str = "undecodable";
 
-    pub const ALL: [&str; 3] = [
+    pub(crate) const ALL: [&str; 3] = [
         KERNEL_RING_BUFFER_FULL,
         KERNEL_SCRATCH_UNAVAILABLE,
         UNDECODABLE,
@@ -114,63 +114,63 @@ pub mod cause {
 /// clone one into a thread or task and update it there; [`Metrics::encode`]
 /// sees the change.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
 
     /// `events_total{kind}`: events decoded from the ring buffer (mirrored
     /// from the engine's per-kind counts). Every kind exists from the start
     /// at 0, so `rate()` works before the first event.
-    pub events: Family<KindLabel, Counter>,
+    pub(crate) events: Family<KindLabel, Counter>,
     /// `events_lost_total{cause}`: events the kernel could not deliver or
     /// the decoder rejected (mirrored from the kernel's per-CPU counters).
     /// The [`cause`] names exist from the start at 0, so an alert on
     /// `increase()` sees the first loss; observe any other cause every
     /// tick, zeros included, for the same reason.
-    pub events_lost: Family<CauseLabel, Counter>,
+    pub(crate) events_lost: Family<CauseLabel, Counter>,
     /// Events of traced cgroups that never resolved to a task: nonzero means
     /// some task's record is missing things.
-    pub unattributed_events: Counter,
+    pub(crate) unattributed_events: Counter,
     /// Events of cgroups that resolved to a container not opted in.
-    pub ignored_events: Counter,
+    pub(crate) ignored_events: Counter,
     /// `queue_depth{queue}`: see [`queue`] for the names (all present from
     /// the start).
-    pub queue_depth: Family<QueueLabel, Gauge>,
+    pub(crate) queue_depth: Family<QueueLabel, Gauge>,
 
-    pub records_emitted: Counter,
+    pub(crate) records_emitted: Counter,
     /// Records being built (hashing) or waiting for the task's identity or
     /// exit code.
-    pub records_pending: Gauge,
+    pub(crate) records_pending: Gauge,
     /// Records that could not be written where they should go (kept in the
     /// fallback directory instead, or lost if that failed too).
-    pub record_errors: Counter,
+    pub(crate) record_errors: Counter,
     /// Records in the durable spool (fallback directory) not yet delivered.
-    pub records_spooled: Gauge,
-    pub spool_bytes: Gauge,
+    pub(crate) records_spooled: Gauge,
+    pub(crate) spool_bytes: Gauge,
 
-    pub hash_bytes: Counter,
-    pub hash_files: Counter,
+    pub(crate) hash_bytes: Counter,
+    pub(crate) hash_files: Counter,
 
     /// Tasks (container runs) followed right now.
-    pub active_tasks: Gauge,
-    pub tasks_started: Counter,
+    pub(crate) active_tasks: Gauge,
+    pub(crate) tasks_started: Counter,
     /// Tasks dropped without a record (never resolved, or not opted in).
-    pub tasks_discarded: Counter,
+    pub(crate) tasks_discarded: Counter,
 
-    pub policy_reload_errors: Counter,
+    pub(crate) policy_reload_errors: Counter,
     /// Which policy version is in force: bumps on every successful reload,
     /// so a reload that did not take shows as a generation that did not move.
-    pub policy_generation: Gauge,
-    pub pod_watch_errors: Counter,
+    pub(crate) policy_generation: Gauge,
+    pub(crate) pod_watch_errors: Counter,
     /// 1 while the last API server call (list/watch) succeeded, else 0.
-    pub api_server_reachable: Gauge,
+    pub(crate) api_server_reachable: Gauge,
     /// 1 once the programs are attached; 0 when this node cannot be
     /// traced (no cgroup v2, no BTF, programs refused: /readyz says why).
-    pub node_supported: Gauge,
+    pub(crate) node_supported: Gauge,
 }
 
 impl Metrics {
     /// All families registered; `version` goes into `build_info`.
-    pub fn new(version: &'static str) -> Self {
+    pub(crate) fn new(version: &'static str) -> Self {
         let mut m = Self {
             registry: Registry::with_prefix(PREFIX),
             events: Family::default(),
@@ -332,7 +332,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition of every family, `# EOF` included.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail; the encoder's only error is
         // the writer's.
@@ -341,16 +341,16 @@ impl Metrics {
     }
 
     /// Mirrors the engine's per-kind event count (see [`observe_total`]).
-    pub fn observe_events(&self, kind: impl Into<Cow<'static, str>>, total: u64) {
+    pub(crate) fn observe_events(&self, kind: impl Into<Cow<'static, str>>, total: u64) {
         observe_family_total(&self.events, &KindLabel::new(kind), total);
     }
 
     /// Mirrors a loss counter (see [`observe_total`]).
-    pub fn observe_lost(&self, cause: impl Into<Cow<'static, str>>, total: u64) {
+    pub(crate) fn observe_lost(&self, cause: impl Into<Cow<'static, str>>, total: u64) {
         observe_family_total(&self.events_lost, &CauseLabel::new(cause), total);
     }
 
-    pub fn set_queue_depth(&self, queue: impl Into<Cow<'static, str>>, depth: u64) {
+    pub(crate) fn set_queue_depth(&self, queue: impl Into<Cow<'static, str>>, depth: u64) {
         self.queue_depth
             .get_or_create(&QueueLabel::new(queue))
             .set(gauge_value(depth));
@@ -364,12 +364,12 @@ impl Metrics {
 /// the daemon's sources live exactly as long as the process, so that does
 /// not happen there. Atomic (`fetch_max`), so concurrent observers cannot
 /// count a delta twice.
-pub fn observe_total(counter: &Counter, total: u64) {
+pub(crate) fn observe_total(counter: &Counter, total: u64) {
     counter.inner().fetch_max(total, Ordering::Relaxed);
 }
 
 /// [`observe_total`] for one series of a family (created on first use).
-pub fn observe_family_total<L>(family: &Family<L, Counter>, label: &L, total: u64)
+pub(crate) fn observe_family_total<L>(family: &Family<L, Counter>, label: &L, total: u64)
 where
     L: EncodeLabelSet + Clone + Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -382,7 +382,7 @@ where
 }
 
 /// Converts a count to a gauge value, saturating (gauges are `i64`).
-pub fn gauge_value(n: u64) -> i64 {
+pub(crate) fn gauge_value(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 

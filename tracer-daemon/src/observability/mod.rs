@@ -8,18 +8,18 @@
 //! when those happen, and mirror the loop's totals into the metrics once a
 //! tick (see [`metrics`] for counted versus mirrored counters).
 
-pub mod health;
-pub mod logging;
-pub mod metrics;
-pub mod server;
+pub(crate) mod health;
+pub(crate) mod logging;
+pub(crate) mod metrics;
+pub(crate) mod server;
 
-pub use health::{DEFAULT_STALENESS, Health};
-pub use metrics::{Metrics, cause, queue};
-pub use server::serve;
+pub(crate) use health::{DEFAULT_STALENESS, Health};
+pub(crate) use metrics::{Metrics, cause, queue};
+pub(crate) use server::serve;
 
 /// Where the DaemonSet serves /metrics, /healthz and /readyz (its
 /// `metrics` containerPort and probes use this port).
-pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9477";
+pub(crate) const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9477";
 
 /// Environment variable of the daemon's `--metrics-addr`.
-pub const METRICS_ADDR_ENV: &str = "ROAR_NODE_METRICS_ADDR";
+pub(crate) const METRICS_ADDR_ENV: &str = "ROAR_NODE_METRICS_ADDR";

@@ -27,15 +27,15 @@ use super::{
     metrics::{Metrics, OPENMETRICS_CONTENT_TYPE},
 };
 
-pub const MAX_CONNECTIONS: usize = 32;
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const MAX_CONNECTIONS: usize = 32;
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Long enough for keep-alive between scrapes (15-60 s apart) to save a
 /// handshake now and then; short enough that a client cannot hold a slot.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// After [`CONNECTION_LIFETIME`], how long a response in flight may take.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// hyper's minimum; a probe or scrape request is a few hundred bytes.
-pub const MAX_BUF_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_BUF_BYTES: usize = 8 * 1024;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -43,7 +43,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// returns, so a bad or busy address fails the daemon's start-up with a
 /// message naming it, not a log line later. Returns the bound address
 /// (the real port when `addr` has port 0).
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,

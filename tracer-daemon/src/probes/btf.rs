@@ -11,12 +11,12 @@ use roar_node_common::offsets::KernelOffsets;
 use super::ProbeError;
 
 /// Parsed vmlinux BTF with offset lookups.
-pub struct KernelBtf {
+pub(crate) struct KernelBtf {
     btf: Btf,
 }
 
 impl KernelBtf {
-    pub fn from_file(path: &std::path::Path) -> Result<Self, ProbeError> {
+    pub(crate) fn from_file(path: &std::path::Path) -> Result<Self, ProbeError> {
         // Parse from memory: btf-rs's file reader seeks once per type
         // (over 100k syscalls for vmlinux, a third of start-up time).
         let bytes =
@@ -28,7 +28,7 @@ impl KernelBtf {
 
     /// Byte offset of `path` (dot-separated members, searched through
     /// anonymous structs and unions) inside `struct name`.
-    pub fn offset(&self, name: &str, path: &str) -> Result<u32, ProbeError> {
+    pub(crate) fn offset(&self, name: &str, path: &str) -> Result<u32, ProbeError> {
         let ty = self.struct_type(name)?;
         let mut ty = ty;
         let mut total_bits = 0u32;
@@ -46,7 +46,7 @@ impl KernelBtf {
     }
 
     /// The first of several historical names that exists.
-    pub fn offset_any(&self, name: &str, paths: &[&str]) -> Result<u32, ProbeError> {
+    pub(crate) fn offset_any(&self, name: &str, paths: &[&str]) -> Result<u32, ProbeError> {
         let mut last = None;
         for p in paths {
             match self.offset(name, p) {
@@ -109,7 +109,7 @@ impl KernelBtf {
     }
 
     /// Every offset the programs use.
-    pub fn kernel_offsets(&self) -> Result<KernelOffsets, ProbeError> {
+    pub(crate) fn kernel_offsets(&self) -> Result<KernelOffsets, ProbeError> {
         let o = |s: &str, f: &str| self.offset(s, f);
         Ok(KernelOffsets {
             task_pid: o("task_struct", "pid")?,

@@ -4,7 +4,7 @@
 
 mod btf;
 mod pins;
-pub mod preflight;
+pub(crate) mod preflight;
 mod stats;
 mod syscall_exit_layout;
 mod traced;
@@ -21,7 +21,7 @@ use aya::{
 };
 use roar_node_common::{offsets::TracerConfig, syscalls};
 
-pub use self::{
+pub(crate) use self::{
     btf::KernelBtf,
     stats::{KernelStats, StatsReader},
     traced::TracedCgroups,
@@ -31,7 +31,7 @@ pub use self::{
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/roar-node"));
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("kernel BTF: {0}")]
     Btf(String),
     #[error(
@@ -58,19 +58,19 @@ pub enum ProbeError {
 
 /// Knobs for loading.
 #[derive(Clone, Debug)]
-pub struct ProbeOptions {
+pub(crate) struct ProbeOptions {
     /// Ring buffer size: a power of two, at least one page.
-    pub ring_buffer_bytes: u32,
+    pub(crate) ring_buffer_bytes: u32,
     /// Wake the consumer once this many bytes are waiting; below that the
     /// daemon drains on its timer.
-    pub wakeup_bytes: u64,
+    pub(crate) wakeup_bytes: u64,
     /// Entries of the repeat-open suppression map.
-    pub seen_entries: u32,
+    pub(crate) seen_entries: u32,
     /// Where the kernel's BTF is.
-    pub btf_path: PathBuf,
+    pub(crate) btf_path: PathBuf,
     /// Pin programs and maps here (a bpffs directory) and adopt a set a
     /// crashed daemon left: capture goes on while no daemon runs.
-    pub pin_dir: Option<PathBuf>,
+    pub(crate) pin_dir: Option<PathBuf>,
 }
 
 impl Default for ProbeOptions {
@@ -102,24 +102,24 @@ const BTF_TRACEPOINTS: &[(&str, &str)] = &[
 ];
 
 /// Loaded and attached programs, and the maps userspace needs.
-pub struct Probes {
+pub(crate) struct Probes {
     /// The loaded object: it holds the programs and links not taken out
     /// of it (absent when adopted from pins).
     _ebpf: Option<Ebpf>,
     /// The ring buffer, until `take_events` (adopted: from its pin).
     events: Option<Map>,
-    pub traced: TracedCgroups,
-    pub stats: StatsReader,
-    pub options: ProbeOptions,
+    pub(crate) traced: TracedCgroups,
+    pub(crate) stats: StatsReader,
+    pub(crate) options: ProbeOptions,
     /// The links, held for our lifetime (pinned ones outlive us).
     _pinned_links: Vec<PinnedLink>,
     _links: Vec<FdLink>,
     /// A crashed daemon's programs were found attached and adopted: what
     /// happened while no daemon ran is in the ring buffer (or counted as
     /// lost on its task).
-    pub adopted: bool,
+    pub(crate) adopted: bool,
     /// Why pinning failed, if it was asked for and did.
-    pub pin_error: Option<String>,
+    pub(crate) pin_error: Option<String>,
 }
 
 /// Names of the pinned links: one per syscall exit, one per tp_btf.
@@ -135,7 +135,7 @@ impl Probes {
     /// Loads and attaches everything (or adopts a set a crashed daemon
     /// left pinned). Errors are one line each, saying what the kernel
     /// refused.
-    pub fn load(options: ProbeOptions) -> Result<Self, ProbeError> {
+    pub(crate) fn load(options: ProbeOptions) -> Result<Self, ProbeError> {
         if PROGRAMS.is_empty() {
             return Err(ProbeError::NoPrograms);
         }
@@ -203,7 +203,7 @@ impl Probes {
     /// empty. The child holds the last references to the programs' links
     /// and exits when this process does (its pipe closes), so the kernel
     /// tears them down there. If the fork fails, they are detached here.
-    pub fn detach_after_exit(self) {
+    pub(crate) fn detach_after_exit(self) {
         let mut fds = [0i32; 2];
         // SAFETY: plain syscalls; the child only calls async-signal-safe
         // functions (close, read, _exit) before exiting.
@@ -237,7 +237,7 @@ impl Probes {
     }
 
     /// The ring buffer, for the one consumer.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+    pub(crate) fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self.events.take().ok_or(ProbeError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| ProbeError::Map {
             map: "EVENTS",
@@ -247,7 +247,7 @@ impl Probes {
 
     /// Removes the pins (a normal stop): the programs detach when this
     /// process exits, and nothing stays attached after an uninstall.
-    pub fn unpin(&self) {
+    pub(crate) fn unpin(&self) {
         if let Some(dir) = &self.options.pin_dir {
             pins::remove(dir);
         }

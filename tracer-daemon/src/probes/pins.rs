@@ -24,18 +24,18 @@ use aya::{
 
 /// The maps userspace needs after a restart (the others stay alive
 /// through the programs that use them).
-pub const MAPS: [&str; 3] = ["EVENTS", "TRACED", "STATS"];
+pub(crate) const MAPS: [&str; 3] = ["EVENTS", "TRACED", "STATS"];
 
 /// What a previous daemon left attached.
-pub struct Adopted {
-    pub events: Map,
-    pub traced: Map,
-    pub stats: Map,
-    pub links: Vec<PinnedLink>,
+pub(crate) struct Adopted {
+    pub(crate) events: Map,
+    pub(crate) traced: Map,
+    pub(crate) stats: Map,
+    pub(crate) links: Vec<PinnedLink>,
 }
 
 /// Identifies the pinned set: the object, the map sizes and the boot.
-pub fn set_id(programs: &[u8], ring_buffer_bytes: u32, seen_entries: u32) -> String {
+pub(crate) fn set_id(programs: &[u8], ring_buffer_bytes: u32, seen_entries: u32) -> String {
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let mut h = blake3::Hasher::new();
     h.update(programs);
@@ -58,7 +58,7 @@ fn set_dir(root: &Path, id: &str) -> PathBuf {
 }
 
 /// The set pinned under `root`, if it is `id`'s and complete.
-pub fn adopt(root: &Path, id: &str, links: &[String]) -> Option<Adopted> {
+pub(crate) fn adopt(root: &Path, id: &str, links: &[String]) -> Option<Adopted> {
     let dir = &set_dir(root, id);
     let map = |name: &str| MapData::from_pin(map_path(dir, name)).ok();
     let events = Map::RingBuf(map("EVENTS")?);
@@ -81,7 +81,7 @@ pub fn adopt(root: &Path, id: &str, links: &[String]) -> Option<Adopted> {
 /// that ours are attached). A set interrupted half-way is incomplete, so
 /// never adopted. Returns the links (pinned, or not if pinning failed:
 /// they must stay open either way) and the error, if any.
-pub fn pin(
+pub(crate) fn pin(
     root: &Path,
     id: &str,
     ebpf: &Ebpf,
@@ -125,7 +125,7 @@ pub fn pin(
 
 /// Removes every set under `root` (ours only: `map-*` and `link-*` pins in
 /// the sets' directories), then `root` if empty.
-pub fn remove(root: &Path) {
+pub(crate) fn remove(root: &Path) {
     let Ok(sets) = fs::read_dir(root) else {
         return;
     };

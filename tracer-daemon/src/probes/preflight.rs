@@ -5,16 +5,16 @@ use std::path::Path;
 
 use super::ProbeError;
 
-pub const CAP_DAC_READ_SEARCH: u32 = 2;
-pub const CAP_SYS_CHROOT: u32 = 18;
-pub const CAP_SYS_PTRACE: u32 = 19;
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
+pub(crate) const CAP_DAC_READ_SEARCH: u32 = 2;
+pub(crate) const CAP_SYS_CHROOT: u32 = 18;
+pub(crate) const CAP_SYS_PTRACE: u32 = 19;
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_PERFMON: u32 = 38;
+pub(crate) const CAP_BPF: u32 = 39;
 
 /// Capabilities roar-node cannot work without, and why. The kernel lets
 /// CAP_SYS_ADMIN stand in for both (bpf_capable(), perfmon_capable()).
-pub const REQUIRED: &[(u32, &str)] = &[
+pub(crate) const REQUIRED: &[(u32, &str)] = &[
     (
         CAP_BPF,
         "CAP_BPF or CAP_SYS_ADMIN (load programs, create maps)",
@@ -26,7 +26,7 @@ pub const REQUIRED: &[(u32, &str)] = &[
 ];
 
 /// The effective capability set of this process.
-pub fn effective_caps() -> std::io::Result<u64> {
+pub(crate) fn effective_caps() -> std::io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()
@@ -36,7 +36,7 @@ pub fn effective_caps() -> std::io::Result<u64> {
 }
 
 /// Capabilities roar-node works without, at a cost it warns about.
-pub const RECOMMENDED: &[(u32, &str)] = &[
+pub(crate) const RECOMMENDED: &[(u32, &str)] = &[
     (
         CAP_SYS_ADMIN,
         "CAP_SYS_ADMIN: cannot enter another mount namespace (setns); files of tasks in their own mount namespace (containers) will be recorded unhashed",
@@ -55,7 +55,7 @@ pub const RECOMMENDED: &[(u32, &str)] = &[
     ),
 ];
 
-pub fn check_capabilities() -> Result<(), ProbeError> {
+pub(crate) fn check_capabilities() -> Result<(), ProbeError> {
     let caps = effective_caps()
         .map_err(|e| ProbeError::Preflight(format!("cannot read capabilities: {e}")))?;
     let has = |bit: u32| caps & (1u64 << bit) != 0;
@@ -85,7 +85,7 @@ pub fn check_capabilities() -> Result<(), ProbeError> {
     )))
 }
 
-pub fn check_btf(path: &Path) -> Result<(), ProbeError> {
+pub(crate) fn check_btf(path: &Path) -> Result<(), ProbeError> {
     if path.exists() {
         return Ok(());
     }

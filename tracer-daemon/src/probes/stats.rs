@@ -5,19 +5,19 @@ use roar_node_common::loss;
 
 use super::ProbeError;
 
-pub struct StatsReader {
+pub(crate) struct StatsReader {
     map: PerCpuArray<MapData, u64>,
 }
 
 /// Counter values summed over CPUs, indexed as `roar_node_common::loss`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelStats {
-    pub counters: Vec<u64>,
+pub(crate) struct KernelStats {
+    pub(crate) counters: Vec<u64>,
 }
 
 impl KernelStats {
     /// Named non-zero counters.
-    pub fn named(&self) -> Vec<(&'static str, u64)> {
+    pub(crate) fn named(&self) -> Vec<(&'static str, u64)> {
         self.counters
             .iter()
             .enumerate()
@@ -27,7 +27,7 @@ impl KernelStats {
 
     /// Events lost in the kernel, all causes.
     #[cfg(test)]
-    pub fn lost(&self) -> u64 {
+    pub(crate) fn lost(&self) -> u64 {
         self.counters
             .iter()
             .enumerate()
@@ -37,7 +37,7 @@ impl KernelStats {
     }
 
     #[cfg(test)]
-    pub fn get(&self, index: u32) -> u64 {
+    pub(crate) fn get(&self, index: u32) -> u64 {
         self.counters.get(index as usize).copied().unwrap_or(0)
     }
 }
@@ -51,7 +51,7 @@ impl StatsReader {
         Ok(Self { map })
     }
 
-    pub fn read(&self) -> KernelStats {
+    pub(crate) fn read(&self) -> KernelStats {
         let counters = (0..loss::STATS_LEN)
             .map(|i| self.map.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
             .collect();

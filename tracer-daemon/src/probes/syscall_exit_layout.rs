@@ -10,7 +10,7 @@ use super::ProbeError;
 const TRACEFS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 const EXPECTED: &[(&str, u32)] = &[("__syscall_nr", 8), ("ret", 16)];
 
-pub fn check() -> Result<(), ProbeError> {
+pub(crate) fn check() -> Result<(), ProbeError> {
     let Some(format) = TRACEFS
         .iter()
         .map(|t| Path::new(t).join("events/syscalls/sys_exit_openat/format"))

@@ -8,7 +8,7 @@ use super::ProbeError;
 const BPF_ANY: u64 = 0;
 
 /// cgroup id -> filter entry (see `roar_node_common::filter`).
-pub struct TracedCgroups {
+pub(crate) struct TracedCgroups {
     map: HashMap<MapData, u64, TracedCgroup>,
 }
 
@@ -22,7 +22,7 @@ impl TracedCgroups {
     }
 
     /// Starts tracing `cgroup` as a task root.
-    pub fn trace(&mut self, cgroup: u64, flags: u32) -> Result<(), MapError> {
+    pub(crate) fn trace(&mut self, cgroup: u64, flags: u32) -> Result<(), MapError> {
         // Already a task root (in a filter a crashed daemon left, adopted
         // from its pin): keep its epoch and its loss count.
         let entry = match self.get(cgroup) {
@@ -38,13 +38,13 @@ impl TracedCgroups {
     }
 
     /// The task's entry (its epoch and kernel-side loss count).
-    pub fn get(&self, cgroup: u64) -> Option<TracedCgroup> {
+    pub(crate) fn get(&self, cgroup: u64) -> Option<TracedCgroup> {
         self.map.get(&cgroup, 0).ok()
     }
 
     /// Stops tracing a task: removes its root and every descendant the
     /// kernel added for it. Returns the root's last entry.
-    pub fn untrace(&mut self, root: u64) -> Option<TracedCgroup> {
+    pub(crate) fn untrace(&mut self, root: u64) -> Option<TracedCgroup> {
         let last = self.get(root);
         let children: Vec<u64> = self
             .map

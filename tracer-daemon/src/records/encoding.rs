@@ -60,7 +60,7 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
-    pub(crate) fn encode(&mut self, bytes: &[u8]) -> String {
+    pub fn encode(&mut self, bytes: &[u8]) -> String {
         let (s, encoded) = encode(bytes);
         if encoded {
             self.non_utf8.push((s.clone(), base64(bytes)));

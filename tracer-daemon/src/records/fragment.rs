@@ -8,45 +8,45 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub const HASH_ALGORITHM: &str = "blake3";
-pub const CAPTURE_METHOD: &str = "ebpf";
+pub(crate) const HASH_ALGORITHM: &str = "blake3";
+pub(crate) const CAPTURE_METHOD: &str = "ebpf";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ArtifactRef {
-    pub path: String,
-    pub hash: Option<String>,
-    pub hash_algorithm: String,
-    pub size: u64,
-    pub capture_method: String,
-    pub byte_ranges: Option<Vec<[u64; 2]>>,
+pub(crate) struct ArtifactRef {
+    pub(crate) path: String,
+    pub(crate) hash: Option<String>,
+    pub(crate) hash_algorithm: String,
+    pub(crate) size: u64,
+    pub(crate) capture_method: String,
+    pub(crate) byte_ranges: Option<Vec<[u64; 2]>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Fragment {
-    pub job_uid: String,
-    pub parent_job_uid: String,
-    pub task_id: String,
-    pub worker_id: String,
-    pub node_id: String,
-    pub actor_id: Option<String>,
-    pub task_name: String,
-    pub started_at: f64,
-    pub ended_at: f64,
-    pub exit_code: i32,
-    pub backend: String,
-    pub recorded_at: Option<f64>,
-    pub reads: Vec<ArtifactRef>,
-    pub writes: Vec<ArtifactRef>,
-    pub worker_packages: Option<BTreeMap<String, String>>,
-    pub task_identity: String,
-    pub backend_metadata: serde_json::Map<String, serde_json::Value>,
+pub(crate) struct Fragment {
+    pub(crate) job_uid: String,
+    pub(crate) parent_job_uid: String,
+    pub(crate) task_id: String,
+    pub(crate) worker_id: String,
+    pub(crate) node_id: String,
+    pub(crate) actor_id: Option<String>,
+    pub(crate) task_name: String,
+    pub(crate) started_at: f64,
+    pub(crate) ended_at: f64,
+    pub(crate) exit_code: i32,
+    pub(crate) backend: String,
+    pub(crate) recorded_at: Option<f64>,
+    pub(crate) reads: Vec<ArtifactRef>,
+    pub(crate) writes: Vec<ArtifactRef>,
+    pub(crate) worker_packages: Option<BTreeMap<String, String>>,
+    pub(crate) task_identity: String,
+    pub(crate) backend_metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// roar's bundle file name: `roar-fragments-<pod>-<container>-<attempt>.json`
 /// with every character outside `[A-Za-z0-9_.-]` replaced by `-`.
-pub fn bundle_file_name(pod: &str, container: &str, attempt: &str) -> String {
+pub(crate) fn bundle_file_name(pod: &str, container: &str, attempt: &str) -> String {
     let or = |s: &str, d: &'static str| {
         if s.trim().is_empty() {
             d.to_string()

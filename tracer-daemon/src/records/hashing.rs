@@ -26,7 +26,7 @@ use super::mountns::MountNs;
 
 /// What hashing one file gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HashOutcome {
+pub(crate) enum HashOutcome {
     Hashed(FileDigest),
     /// No file at that path (deleted or renamed away).
     Missing,
@@ -41,7 +41,7 @@ pub enum HashOutcome {
 
 impl HashOutcome {
     /// A short reason for records, for anything but `Hashed`.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match self {
             Self::Hashed(_) => "hashed".into(),
             Self::Missing => "missing".into(),
@@ -53,28 +53,28 @@ impl HashOutcome {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileDigest {
+pub(crate) struct FileDigest {
     /// Lowercase hex BLAKE3.
-    pub blake3: String,
-    pub size: u64,
-    pub dev: u64,
-    pub ino: u64,
+    pub(crate) blake3: String,
+    pub(crate) size: u64,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
 }
 
 /// Where a job's result lands; waited on by whoever builds the record.
 #[derive(Debug, Default)]
-pub struct HashSlot {
+pub(crate) struct HashSlot {
     value: Mutex<Option<HashOutcome>>,
     ready: Condvar,
 }
 
 impl HashSlot {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
     /// A slot that already holds its outcome (nothing to hash).
-    pub fn ready(v: HashOutcome) -> Arc<Self> {
+    pub(crate) fn ready(v: HashOutcome) -> Arc<Self> {
         let slot = Self::new();
         slot.set(v);
         slot
@@ -85,7 +85,7 @@ impl HashSlot {
         self.ready.notify_all();
     }
 
-    pub fn wait(&self) -> HashOutcome {
+    pub(crate) fn wait(&self) -> HashOutcome {
         let mut g = self.value.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(v) = g.as_ref() {
@@ -96,21 +96,21 @@ impl HashSlot {
     }
 }
 
-pub struct HashJob {
+pub(crate) struct HashJob {
     /// Namespace to look the path up in; `None`: the daemon's own.
-    pub ns: Option<Arc<MountNs>>,
-    pub path: Vec<u8>,
+    pub(crate) ns: Option<Arc<MountNs>>,
+    pub(crate) path: Vec<u8>,
     /// (dev, ino) the file must still have (an input that was read).
-    pub expect: Option<(u64, u64)>,
-    pub slot: Arc<HashSlot>,
+    pub(crate) expect: Option<(u64, u64)>,
+    pub(crate) slot: Arc<HashSlot>,
 }
 
 /// Counters for metrics.
 #[derive(Debug, Default)]
-pub struct HashStats {
-    pub files: AtomicU64,
-    pub bytes: AtomicU64,
-    pub cache_hits: AtomicU64,
+pub(crate) struct HashStats {
+    pub(crate) files: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) cache_hits: AtomicU64,
 }
 
 type CacheKey = (u64, u64, u64, i64, i64, i64, i64);
@@ -138,17 +138,17 @@ impl Cache {
     }
 }
 
-pub struct HashPool {
+pub(crate) struct HashPool {
     tx: Option<SyncSender<HashJob>>,
     workers: Vec<JoinHandle<()>>,
-    pub stats: Arc<HashStats>,
+    pub(crate) stats: Arc<HashStats>,
     queued: Arc<AtomicU64>,
 }
 
 impl HashPool {
     /// `workers` threads, `queue` jobs waiting at most, `cache` digests
     /// remembered.
-    pub fn new(workers: usize, queue: usize, cache: usize) -> std::io::Result<Self> {
+    pub(crate) fn new(workers: usize, queue: usize, cache: usize) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<HashJob>(queue);
         let rx = Arc::new(Mutex::new(rx));
         let cache = Arc::new(Mutex::new(Cache {
@@ -183,7 +183,7 @@ impl HashPool {
     }
 
     /// Queues a job unless the queue is full (the caller never blocks).
-    pub fn try_submit(&self, job: HashJob) -> Result<(), HashJob> {
+    pub(crate) fn try_submit(&self, job: HashJob) -> Result<(), HashJob> {
         let Some(tx) = &self.tx else { return Err(job) };
         self.queued.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(job) {
@@ -197,7 +197,7 @@ impl HashPool {
 
     /// Queues a job, waiting for room (for record building, off the event
     /// path).
-    pub fn submit(&self, job: HashJob) {
+    pub(crate) fn submit(&self, job: HashJob) {
         let slot = job.slot.clone();
         let Some(tx) = &self.tx else {
             slot.set(HashOutcome::Unreadable("hashing stopped".into()));
@@ -211,7 +211,7 @@ impl HashPool {
     }
 
     /// Jobs waiting or running.
-    pub fn depth(&self) -> u64 {
+    pub(crate) fn depth(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)
     }
 }

@@ -42,8 +42,17 @@ pub(crate) struct LocalTask {
     pub(crate) exit_code: i32,
     /// The kernel's counters at the end of the run.
     pub(crate) kernel_counters: KernelStats,
-    /// roar-node's own CPU time and memory for the run.
-    pub(crate) tracer_usage: Value,
+    /// roar-node's own CPU time and memory for the run (why not, if it
+    /// could not be read).
+    pub(crate) tracer_usage: Result<TracerUsage, String>,
+}
+
+/// roar-node's own cost for a run (the command's is not included).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TracerUsage {
+    pub(crate) cpu_user_seconds: f64,
+    pub(crate) cpu_system_seconds: f64,
+    pub(crate) max_rss_bytes: u64,
 }
 
 pub(crate) struct PodTask {
@@ -73,6 +82,20 @@ pub(crate) enum PartialReason {
 }
 
 impl PartialReason {
+    /// What a pod task's capture missed, if anything (events lost are
+    /// added later: they are the least telling).
+    fn of_pod_task(ended_while_down: bool, gaps: &[pb::Gap], meta: &TaskMeta) -> Option<Self> {
+        if ended_while_down {
+            Some(PartialReason::EndedWhileDown)
+        } else if !gaps.is_empty() {
+            Some(PartialReason::RestartGap)
+        } else if meta.started_before_agent {
+            Some(PartialReason::StartedBeforeAgent)
+        } else {
+            None
+        }
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             PartialReason::EndedWhileDown => {
@@ -227,7 +250,15 @@ fn local_naming(l: LocalTask) -> Naming {
         "kernel_counters".into(),
         kernel_counters(&l.kernel_counters),
     );
-    md.insert("tracer".into(), l.tracer_usage);
+    let tracer = match l.tracer_usage {
+        Ok(u) => json!({
+            "cpu_user_seconds": u.cpu_user_seconds,
+            "cpu_system_seconds": u.cpu_system_seconds,
+            "max_rss_bytes": u.max_rss_bytes,
+        }),
+        Err(e) => json!({"error": e}),
+    };
+    md.insert("tracer".into(), tracer);
     Naming {
         task_id: format!("local:{}:{}:{}", l.host, l.boot_id, l.cgroup_id),
         task_name: l.name,
@@ -285,15 +316,6 @@ fn pod_naming(p: PodTask, procs: &ProcessTree) -> Naming {
         (None, None) => ExitCodeSource::KernelPodGone,
     };
     md.insert("exit_code_source".into(), json!(source.as_str()));
-    let partial = if ended_while_down {
-        Some(PartialReason::EndedWhileDown)
-    } else if !gaps.is_empty() {
-        Some(PartialReason::RestartGap)
-    } else if meta.started_before_agent {
-        Some(PartialReason::StartedBeforeAgent)
-    } else {
-        None
-    };
     let pod_name = pod.map(|p| p.name.clone()).unwrap_or_default();
     let task_name = match pod.and_then(|p| p.labels.get("osmo.task_name")) {
         Some(t) if meta.role == Role::User => t.clone(),
@@ -311,7 +333,7 @@ fn pod_naming(p: PodTask, procs: &ProcessTree) -> Naming {
         node,
         command_pid: osmo_child.or_else(|| entrypoint_pid(procs)),
         exit_code,
-        partial,
+        partial: PartialReason::of_pod_task(ended_while_down, &gaps, &meta),
         gaps,
         metadata: md,
         bundle: super::BundleName {

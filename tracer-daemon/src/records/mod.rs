@@ -3,7 +3,7 @@
 //! fragment (`RecordBuilder::build`), then name it with who the task was
 //! (`identity`). The only place that knows roar's format.
 
-pub mod encoding;
+pub(crate) mod encoding;
 pub(crate) mod fragment;
 pub(crate) mod hashing;
 mod identity;
@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
 use roar_node_common::{event::EventKind, path};
 use serde_json::{Map, Value, json};
 
-pub(crate) use self::identity::{LocalTask, PodTask, TaskIdentity, UnnamedRecord};
+pub(crate) use self::identity::{LocalTask, PodTask, TaskIdentity, TracerUsage, UnnamedRecord};
 use self::{
     encoding::Encoder,
     fragment::{ArtifactRef, CAPTURE_METHOD, Fragment, HASH_ALGORITHM},

@@ -12,21 +12,21 @@ use std::{
 };
 
 #[derive(Debug)]
-pub struct MountNs {
+pub(crate) struct MountNs {
     /// The namespace's inode number (what the kernel reports as mnt_ns).
-    pub inum: u64,
+    pub(crate) inum: u64,
     file: File,
 }
 
 impl MountNs {
     /// The mount namespace of process `pid`, through `proc_root` (`/proc`
     /// or the host's /proc mounted elsewhere).
-    pub fn of_pid(proc_root: &Path, pid: u32) -> std::io::Result<Self> {
+    pub(crate) fn of_pid(proc_root: &Path, pid: u32) -> std::io::Result<Self> {
         Self::open(&proc_root.join(pid.to_string()).join("ns/mnt"))
     }
 
     /// The namespace this process runs in.
-    pub fn current() -> std::io::Result<Self> {
+    pub(crate) fn current() -> std::io::Result<Self> {
         Self::open(Path::new("/proc/self/ns/mnt"))
     }
 
@@ -36,14 +36,14 @@ impl MountNs {
         Ok(Self { inum, file })
     }
 
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.file.as_fd()
     }
 }
 
 /// Where a file's path is looked up.
 #[derive(Clone, Debug)]
-pub enum NsView {
+pub(crate) enum NsView {
     /// roar-node's own mount namespace.
     Own,
     /// A namespace held open for the task.
@@ -56,7 +56,7 @@ pub enum NsView {
 
 impl NsView {
     /// For the hash pool: `None` is roar-node's own namespace.
-    pub fn held(&self) -> Option<Arc<MountNs>> {
+    pub(crate) fn held(&self) -> Option<Arc<MountNs>> {
         match self {
             Self::Held(ns) => Some(ns.clone()),
             _ => None,
@@ -66,7 +66,7 @@ impl NsView {
 
 /// The namespaces one task's processes ran in.
 #[derive(Debug, Default)]
-pub struct Namespaces {
+pub(crate) struct Namespaces {
     /// roar-node's own namespace (0 when unknown).
     own: u64,
     by_inum: HashMap<u64, Arc<MountNs>>,
@@ -74,16 +74,16 @@ pub struct Namespaces {
     /// unknown (inum 0).
     default: Option<Arc<MountNs>>,
     /// Namespaces that could not be opened (process already gone).
-    pub missed: u64,
+    pub(crate) missed: u64,
     /// A file whose opener's namespace is unknown, when none was held:
     /// looked up in ours (`run`: the task started in our namespace) or
     /// not at all (a container's files are never in the daemon's view).
-    pub unknown_is_gone: bool,
+    pub(crate) unknown_is_gone: bool,
 }
 
 impl Namespaces {
     /// For a task traced by a daemon running in namespace `own`.
-    pub fn new(own: u64) -> Self {
+    pub(crate) fn new(own: u64) -> Self {
         Self {
             own,
             ..Self::default()
@@ -91,16 +91,16 @@ impl Namespaces {
     }
 
     /// See `unknown_is_gone`.
-    pub fn unknown_is_gone(mut self, gone: bool) -> Self {
+    pub(crate) fn unknown_is_gone(mut self, gone: bool) -> Self {
         self.unknown_is_gone = gone;
         self
     }
 
-    pub fn knows(&self, inum: u64) -> bool {
+    pub(crate) fn knows(&self, inum: u64) -> bool {
         self.by_inum.contains_key(&inum)
     }
 
-    pub fn add(&mut self, ns: Arc<MountNs>) {
+    pub(crate) fn add(&mut self, ns: Arc<MountNs>) {
         if self.default.is_none() {
             self.default = Some(ns.clone());
         }
@@ -108,7 +108,7 @@ impl Namespaces {
     }
 
     /// Where to look up the files of a process in namespace `inum`.
-    pub fn resolve(&self, inum: u64) -> NsView {
+    pub(crate) fn resolve(&self, inum: u64) -> NsView {
         if let Some(ns) = self.by_inum.get(&inum) {
             return NsView::Held(ns.clone());
         }

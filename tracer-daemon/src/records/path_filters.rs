@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Why a path was left out (roar's category names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Dropped {
+pub(crate) enum Dropped {
     RoarInternal,
     GitMetadata,
     CredentialFiles,
@@ -21,7 +21,7 @@ pub enum Dropped {
 }
 
 impl Dropped {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::RoarInternal => "roar_internal",
             Self::GitMetadata => "git_metadata",
@@ -79,16 +79,16 @@ const WRITE_NOISE_PREFIXES: &[&str] = &[
 /// Filter settings; `Default` is roar's default configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
-pub struct PathFilterConfig {
-    pub ignore_system_reads: bool,
-    pub ignore_package_reads: bool,
-    pub ignore_torch_cache: bool,
-    pub ignore_library_caches: bool,
-    pub ignore_tmp_files: bool,
+pub(crate) struct PathFilterConfig {
+    pub(crate) ignore_system_reads: bool,
+    pub(crate) ignore_package_reads: bool,
+    pub(crate) ignore_torch_cache: bool,
+    pub(crate) ignore_library_caches: bool,
+    pub(crate) ignore_tmp_files: bool,
     /// Absolute prefixes (start with `/`) or substrings to leave out.
-    pub ignore_paths: Vec<String>,
+    pub(crate) ignore_paths: Vec<String>,
     /// Prefixes always kept, whatever else matches (OSMO's data volumes).
-    pub keep_paths: Vec<String>,
+    pub(crate) keep_paths: Vec<String>,
 }
 
 impl Default for PathFilterConfig {
@@ -108,7 +108,7 @@ impl Default for PathFilterConfig {
 impl PathFilterConfig {
     /// roar's defaults, overridden by a JSON file, plus extra ignored and
     /// kept paths. Errors name the file and the offending field.
-    pub fn load(
+    pub(crate) fn load(
         file: Option<&std::path::Path>,
         ignore: &[String],
         keep: &[String],
@@ -139,9 +139,9 @@ impl PathFilterConfig {
 
 /// A filter for one task: the config plus what the task revealed (the
 /// Python installations it ran, whose files are package reads).
-pub struct PathFilter<'a> {
-    pub config: &'a PathFilterConfig,
-    pub python_prefixes: Vec<Vec<u8>>,
+pub(crate) struct PathFilter<'a> {
+    pub(crate) config: &'a PathFilterConfig,
+    pub(crate) python_prefixes: Vec<Vec<u8>>,
 }
 
 fn starts(path: &[u8], prefix: &str) -> bool {
@@ -158,7 +158,7 @@ fn basename(path: &[u8]) -> &[u8] {
 }
 
 impl<'a> PathFilter<'a> {
-    pub fn new(config: &'a PathFilterConfig) -> Self {
+    pub(crate) fn new(config: &'a PathFilterConfig) -> Self {
         Self {
             config,
             python_prefixes: Vec::new(),
@@ -168,7 +168,7 @@ impl<'a> PathFilter<'a> {
     /// Learns a Python installation from an executable path like
     /// `<prefix>/bin/python3.11`: its `<prefix>` holds the standard
     /// library, which roar counts as package reads (`sys.base_prefix`).
-    pub fn learn_executable(&mut self, exe: &[u8]) {
+    pub(crate) fn learn_executable(&mut self, exe: &[u8]) {
         let name = basename(exe);
         let is_python = name.starts_with(b"python")
             && name[6..].iter().all(|b| b.is_ascii_digit() || *b == b'.');
@@ -228,7 +228,7 @@ impl<'a> PathFilter<'a> {
 
     /// Verdict for a file the task read. `also_written`: the task wrote it
     /// too (a /tmp file it wrote is an intermediate, not an input).
-    pub fn read(&self, path: &[u8], also_written: bool) -> Option<Dropped> {
+    pub(crate) fn read(&self, path: &[u8], also_written: bool) -> Option<Dropped> {
         let c = self.config;
         if self.kept(path) {
             return None;
@@ -267,7 +267,7 @@ impl<'a> PathFilter<'a> {
     }
 
     /// Verdict for a file the task wrote.
-    pub fn write(&self, path: &[u8]) -> Option<Dropped> {
+    pub(crate) fn write(&self, path: &[u8]) -> Option<Dropped> {
         let c = self.config;
         if self.kept(path) {
             return None;

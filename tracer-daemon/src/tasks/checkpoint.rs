@@ -32,14 +32,13 @@ impl From<&Task> for pb::TaskState {
 }
 
 impl Task {
-    /// The task a checkpoint describes, under `key`, with today's caps.
-    pub(crate) fn from_checkpoint(key: u64, limits: TaskLimits, s: &pb::TaskState) -> Task {
+    /// The task a checkpoint describes, with today's caps.
+    pub(crate) fn from_checkpoint(limits: TaskLimits, s: &pb::TaskState) -> Task {
         let mut events = [0u64; EventKind::COUNT];
         for (slot, v) in events.iter_mut().zip(&s.events_by_kind) {
             *slot = *v;
         }
         Task {
-            key,
             processes: ProcessTree::restore(
                 limits.max_processes,
                 limits.max_argv_bytes,
@@ -191,7 +190,7 @@ mod tests {
     /// goes on taking events.
     #[test]
     fn round_trip_through_protobuf() {
-        let mut t = Task::new(1, TaskLimits::default());
+        let mut t = Task::new(TaskLimits::default());
         t.processes.fork(1, 10, false, 1);
         t.apply(&ev(
             2,
@@ -237,7 +236,6 @@ mod tests {
         }
         let bytes = pb::TaskState::from(&t).encode_to_vec();
         let back = Task::from_checkpoint(
-            1,
             TaskLimits::default(),
             &pb::TaskState::decode(&*bytes).unwrap(),
         );

@@ -18,58 +18,58 @@ use crate::events::{FilePath, Open};
 /// Content the task consumed: the file existed and was opened for reading
 /// before the task wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Input {
-    pub time_ns: u64,
+pub(crate) struct Input {
+    pub(crate) time_ns: u64,
     /// `stat` device number and inode of the file that was read.
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
 }
 
 /// Content the task produced at this path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Output {
-    pub time_ns: u64,
-    pub created: bool,
-    pub truncated: bool,
+pub(crate) struct Output {
+    pub(crate) time_ns: u64,
+    pub(crate) created: bool,
+    pub(crate) truncated: bool,
     /// The path this content was renamed from, if it arrived by rename.
-    pub renamed_from: Option<Vec<u8>>,
+    pub(crate) renamed_from: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FileState {
-    pub input: Option<Input>,
-    pub output: Option<Output>,
+pub(crate) struct FileState {
+    pub(crate) input: Option<Input>,
+    pub(crate) output: Option<Output>,
     /// The task unlinked or renamed away this path (as far as events say;
     /// the record checks the file system at the end).
-    pub removed: bool,
+    pub(crate) removed: bool,
     /// `PATH_*` flags when the kernel could not resolve the path exactly.
-    pub inexact: u16,
+    pub(crate) inexact: u16,
     /// Mount namespace (inode number) of the process that touched it last:
     /// where the file is looked up for hashing.
-    pub mnt_ns: u32,
+    pub(crate) mnt_ns: u32,
 }
 
 /// First read of pre-existing content: worth hashing right away.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirstRead {
-    pub path: Vec<u8>,
-    pub dev: u64,
-    pub ino: u64,
-    pub mnt_ns: u32,
+    pub(crate) path: Vec<u8>,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) mnt_ns: u32,
 }
 
 /// Paths all tasks together may hold (the daemon's memory bound: several
 /// big tasks at once must not add up past it). Each table gives its paths
 /// back when it is dropped, after its record is built.
 #[derive(Debug)]
-pub struct FileBudget {
+pub(crate) struct FileBudget {
     used: AtomicUsize,
     max: usize,
 }
 
 impl FileBudget {
-    pub fn new(max: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             max,
@@ -92,7 +92,7 @@ impl FileBudget {
             });
     }
 
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 }
@@ -100,11 +100,11 @@ impl FileBudget {
 /// Per-path state with a cap on how many paths one task may hold (and,
 /// with a budget, all tasks together).
 #[derive(Debug, Default)]
-pub struct FileTable {
+pub(crate) struct FileTable {
     paths: BTreeMap<Vec<u8>, FileState>,
     max_paths: usize,
     /// Paths not tracked because a cap was reached.
-    pub overflow: u64,
+    pub(crate) overflow: u64,
     budget: Option<Arc<FileBudget>>,
 }
 
@@ -117,7 +117,7 @@ impl Drop for FileTable {
 }
 
 impl FileTable {
-    pub fn new(max_paths: usize) -> Self {
+    pub(crate) fn new(max_paths: usize) -> Self {
         Self {
             paths: BTreeMap::new(),
             max_paths,
@@ -127,7 +127,7 @@ impl FileTable {
     }
 
     /// Counts its paths against `budget` too.
-    pub fn with_budget(mut self, budget: Option<Arc<FileBudget>>) -> Self {
+    pub(crate) fn with_budget(mut self, budget: Option<Arc<FileBudget>>) -> Self {
         if let Some(b) = &budget {
             // Paths already held (a restored checkpoint) count, cap or not.
             b.used.fetch_add(self.paths.len(), Ordering::AcqRel);
@@ -136,12 +136,13 @@ impl FileTable {
         self
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.paths.len()
     }
 
     /// A table as a checkpoint had it.
-    pub fn restore(
+    pub(crate) fn restore(
         max_paths: usize,
         paths: impl IntoIterator<Item = (Vec<u8>, FileState)>,
         overflow: u64,
@@ -154,15 +155,12 @@ impl FileTable {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &FileState)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &FileState)> {
         self.paths.iter()
     }
 
-    pub fn get(&self, path: &[u8]) -> Option<&FileState> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, path: &[u8]) -> Option<&FileState> {
         self.paths.get(path)
     }
 
@@ -179,7 +177,7 @@ impl FileTable {
     }
 
     /// A successful open of a regular file.
-    pub fn open(&mut self, o: &Open, time_ns: u64, mnt_ns: u32) -> Option<FirstRead> {
+    pub(crate) fn open(&mut self, o: &Open, time_ns: u64, mnt_ns: u32) -> Option<FirstRead> {
         let user_dev = o.user_dev();
         let st = self.entry(&o.path.bytes)?;
         st.inexact |= o.path.inexact;
@@ -216,7 +214,7 @@ impl FileTable {
 
     /// A successful rename: what the task produced at `old` now lives at
     /// `new`, and so does everything below `old` when it is a directory.
-    pub fn rename(&mut self, old: &FilePath, new: &FilePath, exchange: bool, time_ns: u64) {
+    pub(crate) fn rename(&mut self, old: &FilePath, new: &FilePath, exchange: bool, time_ns: u64) {
         if exchange {
             // Both names now hold different content: both are outputs.
             for (a, b) in [(old, new), (new, old)] {
@@ -271,7 +269,7 @@ impl FileTable {
     }
 
     /// A successful unlink (or rmdir).
-    pub fn unlink(&mut self, path: &FilePath) {
+    pub(crate) fn unlink(&mut self, path: &FilePath) {
         if let Some(st) = self.entry(&path.bytes) {
             st.removed = true;
             st.inexact |= path.inexact;

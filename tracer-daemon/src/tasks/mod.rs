@@ -5,13 +5,13 @@
 //! (`roar-node run` waits for its cgroup to empty; the daemon follows
 //! container status).
 
-pub mod checkpoint;
-pub mod files;
-pub mod process;
+pub(crate) mod checkpoint;
+pub(crate) mod files;
+pub(crate) mod process;
 
 use roar_node_common::event::EventKind;
 
-pub use self::{
+pub(crate) use self::{
     files::{FileBudget, FileState, FileTable, FirstRead},
     process::{Process, ProcessTree},
 };
@@ -41,35 +41,32 @@ impl Default for TaskLimits {
 
 /// Counters that go into the task's record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TaskStats {
+pub(crate) struct TaskStats {
     /// Events applied, by `EventKind`.
-    pub events: [u64; EventKind::COUNT],
+    pub(crate) events: [u64; EventKind::COUNT],
     /// First reads not hashed promptly because the hash queue was full
     /// (hashed at the end instead).
-    pub input_hash_deferred: u64,
+    pub(crate) input_hash_deferred: u64,
 }
 
 impl TaskStats {
-    pub fn total_events(&self) -> u64 {
+    pub(crate) fn total_events(&self) -> u64 {
         self.events.iter().sum()
     }
 }
 
 #[derive(Debug)]
 pub struct Task {
-    /// Root cgroup id.
-    pub key: u64,
-    pub processes: ProcessTree,
-    pub files: FileTable,
-    pub stats: TaskStats,
-    pub first_ns: Option<u64>,
-    pub last_ns: Option<u64>,
+    pub(crate) processes: ProcessTree,
+    pub(crate) files: FileTable,
+    pub(crate) stats: TaskStats,
+    pub(crate) first_ns: Option<u64>,
+    pub(crate) last_ns: Option<u64>,
 }
 
 impl Task {
-    pub fn new(key: u64, limits: TaskLimits) -> Self {
+    pub fn new(limits: TaskLimits) -> Self {
         Self {
-            key,
             processes: ProcessTree::with_argv_cap(limits.max_processes, limits.max_argv_bytes),
             files: FileTable::new(limits.max_files),
             stats: TaskStats::default(),

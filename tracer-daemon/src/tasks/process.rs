@@ -5,39 +5,40 @@ use std::collections::BTreeMap;
 use crate::events::{Exec, FilePath};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Process {
-    pub tgid: u32,
+pub(crate) struct Process {
+    pub(crate) tgid: u32,
     /// Parent process, when known (a process that entered the task by
     /// being moved into its cgroup has a parent outside it).
-    pub ppid: Option<u32>,
+    pub(crate) ppid: Option<u32>,
     /// argv of the last exec (inherited from the parent until it execs).
-    pub argv: Vec<Vec<u8>>,
+    pub(crate) argv: Vec<Vec<u8>>,
     /// argv of its first exec: what it was started as (a shell running
     /// `sh -c 'cmd < in > out'` execs `cmd` in the same process).
-    pub first_argv: Option<Vec<Vec<u8>>>,
-    pub argv_truncated: bool,
-    pub argv_total_len: u32,
-    pub exe: Option<FilePath>,
-    pub execs: u32,
+    pub(crate) first_argv: Option<Vec<Vec<u8>>>,
+    pub(crate) argv_truncated: bool,
+    pub(crate) argv_total_len: u32,
+    pub(crate) exe: Option<FilePath>,
+    pub(crate) execs: u32,
     /// Threads started besides the main one.
-    pub threads: u32,
-    pub start_ns: u64,
-    pub end_ns: Option<u64>,
+    pub(crate) threads: u32,
+    pub(crate) start_ns: u64,
+    pub(crate) end_ns: Option<u64>,
     /// wait(2) status.
-    pub exit_status: Option<u32>,
-    pub mnt_ns: u32,
-    pub uid: Option<u32>,
+    pub(crate) exit_status: Option<u32>,
+    pub(crate) mnt_ns: u32,
+    pub(crate) uid: Option<u32>,
 }
 
 impl Process {
-    pub fn exited(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn exited(&self) -> bool {
         self.end_ns.is_some()
     }
 }
 
 /// Turns a wait(2) status into a shell-style exit code: the exit status,
 /// or 128 + signal.
-pub fn exit_code(status: u32) -> i32 {
+pub(crate) fn exit_code(status: u32) -> i32 {
     let sig = status & 0x7f;
     if sig == 0 {
         ((status >> 8) & 0xff) as i32
@@ -47,24 +48,24 @@ pub fn exit_code(status: u32) -> i32 {
 }
 
 /// Signal that killed the process, if any.
-pub fn exit_signal(status: u32) -> Option<u32> {
+pub(crate) fn exit_signal(status: u32) -> Option<u32> {
     let sig = status & 0x7f;
     (sig != 0).then_some(sig)
 }
 
 #[derive(Debug, Default)]
-pub struct ProcessTree {
+pub(crate) struct ProcessTree {
     procs: BTreeMap<u32, Process>,
     max: usize,
     /// Processes not tracked because the cap was reached.
-    pub overflow: u64,
+    pub(crate) overflow: u64,
     /// argv bytes held (each exec's, and each fork's inherited copy).
     argv_bytes: u64,
     max_argv_bytes: u64,
     /// Execs and forks whose argv was not kept because the task's argv
     /// bytes reached the cap (the process is kept, its argv is empty and
     /// flagged truncated).
-    pub argv_over_cap: u64,
+    pub(crate) argv_over_cap: u64,
 }
 
 fn argv_len(argv: &[Vec<u8>]) -> u64 {
@@ -72,13 +73,14 @@ fn argv_len(argv: &[Vec<u8>]) -> u64 {
 }
 
 impl ProcessTree {
-    pub fn new(max: usize) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(max: usize) -> Self {
         Self::with_argv_cap(max, u64::MAX)
     }
 
     /// With a cap on the argv bytes the task may hold (a fork bomb with
     /// 1 MiB command lines must not take the daemon's memory).
-    pub fn with_argv_cap(max: usize, max_argv_bytes: u64) -> Self {
+    pub(crate) fn with_argv_cap(max: usize, max_argv_bytes: u64) -> Self {
         Self {
             procs: BTreeMap::new(),
             max,
@@ -100,12 +102,12 @@ impl ProcessTree {
         Some(argv.to_vec())
     }
 
-    pub fn get(&self, tgid: u32) -> Option<&Process> {
+    pub(crate) fn get(&self, tgid: u32) -> Option<&Process> {
         self.procs.get(&tgid)
     }
 
     /// A tree as a checkpoint had it.
-    pub fn restore(
+    pub(crate) fn restore(
         max: usize,
         max_argv_bytes: u64,
         procs: impl IntoIterator<Item = Process>,
@@ -127,20 +129,16 @@ impl ProcessTree {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Process> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Process> {
         self.procs.values()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.procs.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.procs.is_empty()
-    }
-
     /// Mount namespace of a process, if known.
-    pub fn mnt_ns(&self, tgid: u32) -> u32 {
+    pub(crate) fn mnt_ns(&self, tgid: u32) -> u32 {
         self.procs.get(&tgid).map(|p| p.mnt_ns).unwrap_or(0)
     }
 
@@ -162,7 +160,7 @@ impl ProcessTree {
         self.procs.get_mut(&tgid)
     }
 
-    pub fn fork(&mut self, parent: u32, child_tgid: u32, thread: bool, time_ns: u64) {
+    pub(crate) fn fork(&mut self, parent: u32, child_tgid: u32, thread: bool, time_ns: u64) {
         if thread {
             if let Some(p) = self.ensure(parent, time_ns) {
                 p.threads += 1;
@@ -195,7 +193,7 @@ impl ProcessTree {
         self.argv_bytes = self.argv_bytes.saturating_sub(n);
     }
 
-    pub fn exec(&mut self, tgid: u32, e: &Exec, time_ns: u64) {
+    pub(crate) fn exec(&mut self, tgid: u32, e: &Exec, time_ns: u64) {
         let Some(p) = self.ensure(tgid, time_ns) else {
             return;
         };
@@ -225,15 +223,16 @@ impl ProcessTree {
         }
     }
 
-    pub fn exit(&mut self, tgid: u32, status: u32, time_ns: u64) {
+    pub(crate) fn exit(&mut self, tgid: u32, status: u32, time_ns: u64) {
         if let Some(p) = self.ensure(tgid, time_ns) {
             p.end_ns = Some(time_ns);
             p.exit_status = Some(status);
         }
     }
 
+    #[cfg(test)]
     /// Processes seen that have not exited.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.procs.values().filter(|p| !p.exited()).count()
     }
 }

@@ -17,24 +17,23 @@ use std::{
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
-
-use prost::Message;
 
 pub(crate) use crate::proto as pb;
 
+mod journal;
+
+pub(crate) use self::journal::now_ns;
+use self::journal::{Live, boot_id, decode_journal, frame};
 use pb::entry::Kind;
 
-pub const FILE_NAME: &str = "journal.pb";
+pub(crate) const FILE_NAME: &str = "journal.pb";
 const VERSION: u32 = 1;
-/// Larger frames are not ours: a corrupt length.
-const MAX_FRAME: u64 = 256 << 20;
 /// Rewrite the journal once it is this much larger than what is live.
 const COMPACT_SLACK: u64 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
+pub(crate) enum SpoolError {
     #[error("spool {path}: {source}")]
     Io {
         path: PathBuf,
@@ -53,21 +52,21 @@ pub enum SpoolError {
 
 /// What a previous daemon left.
 #[derive(Debug, Default)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     /// Tasks it was tracing (their capture has a gap now).
-    pub open_tasks: Vec<pb::TaskOpened>,
+    pub(crate) open_tasks: Vec<pb::TaskOpened>,
     /// The last checkpoint of each, by task id.
-    pub checkpoints: BTreeMap<String, pb::TaskCheckpoint>,
+    pub(crate) checkpoints: BTreeMap<String, pb::TaskCheckpoint>,
     /// Records it finished but did not deliver.
-    pub undelivered: Vec<pb::RecordReady>,
+    pub(crate) undelivered: Vec<pb::RecordReady>,
     /// Its last sign of life (unix ns), if it left any.
-    pub last_alive_ns: Option<u64>,
+    pub(crate) last_alive_ns: Option<u64>,
     /// The node rebooted since: cgroup ids of open tasks mean nothing.
-    pub rebooted: bool,
+    pub(crate) rebooted: bool,
     /// Entries skipped: checksum or decoding failed.
-    pub corrupt_entries: u64,
+    pub(crate) corrupt_entries: u64,
     /// Bytes of a torn last entry, cut off.
-    pub torn_bytes: u64,
+    pub(crate) torn_bytes: u64,
 }
 
 /// The spool, shared by the daemon's loop (tasks, checkpoints,
@@ -92,7 +91,7 @@ impl SharedSpool {
     }
 }
 
-pub struct Spool {
+pub(crate) struct Spool {
     path: PathBuf,
     file: File,
     node: String,
@@ -110,144 +109,6 @@ pub struct Spool {
     spooled_at: BTreeMap<String, std::time::Instant>,
 }
 
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn checksum(bytes: &[u8]) -> u64 {
-    let h = blake3::hash(bytes);
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
-}
-
-/// One entry, framed and length-delimited, ready to append.
-fn frame(kind: Kind) -> Vec<u8> {
-    let entry = pb::Entry {
-        wall_ns: now_ns(),
-        kind: Some(kind),
-    }
-    .encode_to_vec();
-    pb::Frame {
-        checksum: checksum(&entry),
-        entry,
-    }
-    .encode_length_delimited_to_vec()
-}
-
-/// Decodes a journal. Returns the entries, the corrupt count and the
-/// length of the valid prefix (what follows is a torn entry).
-pub fn decode_journal(mut buf: &[u8]) -> (Vec<pb::Entry>, u64, usize) {
-    let total = buf.len();
-    let mut entries = Vec::new();
-    let mut corrupt = 0;
-    loop {
-        let before = buf.len();
-        if before == 0 {
-            return (entries, corrupt, total);
-        }
-        let mut peek = buf;
-        let len = match prost::encoding::decode_varint(&mut peek) {
-            Ok(n) if n <= MAX_FRAME && (n as usize) <= peek.len() => n as usize,
-            // A length that cannot be (torn, or garbage): the valid prefix
-            // ends here.
-            _ => return (entries, corrupt, total - before),
-        };
-        let body = &peek[..len];
-        buf = &peek[len..];
-        match pb::Frame::decode(body) {
-            Ok(f) if checksum(&f.entry) == f.checksum => match pb::Entry::decode(&*f.entry) {
-                Ok(e) => entries.push(e),
-                Err(_) => corrupt += 1,
-            },
-            _ => corrupt += 1,
-        }
-    }
-}
-
-/// What a journal says is still live, entry by entry.
-#[derive(Default)]
-struct Live {
-    open: BTreeMap<String, pb::TaskOpened>,
-    undelivered: BTreeMap<String, pb::RecordReady>,
-    checkpoints: BTreeMap<String, pb::TaskCheckpoint>,
-    last_alive: Option<u64>,
-    rebooted: bool,
-}
-
-impl Live {
-    /// Replays the entries in order. `Err(node)`: the journal is another
-    /// node's.
-    fn replay(entries: Vec<pb::Entry>, node: &str, boot: &str) -> Result<Self, String> {
-        let mut l = Live::default();
-        for e in entries {
-            l.last_alive = Some(e.wall_ns);
-            match e.kind {
-                Some(Kind::Header(h)) => {
-                    if !h.node.is_empty() && h.node != node {
-                        return Err(h.node);
-                    }
-                    l.rebooted |= !h.boot_id.is_empty() && h.boot_id != boot;
-                }
-                Some(Kind::TaskOpened(t)) => {
-                    l.open.insert(t.task_id.clone(), t);
-                }
-                Some(Kind::TaskCheckpoint(c)) => {
-                    l.checkpoints.insert(c.task_id.clone(), c);
-                }
-                Some(Kind::RecordReady(r)) => {
-                    l.open.remove(&r.task_id);
-                    l.checkpoints.remove(&r.task_id);
-                    l.undelivered.insert(r.bundle_file.clone(), r);
-                }
-                Some(Kind::RecordDelivered(d)) => {
-                    l.undelivered.remove(&d.bundle_file);
-                }
-                Some(Kind::TaskClosed(c)) => {
-                    l.open.remove(&c.task_id);
-                    l.checkpoints.remove(&c.task_id);
-                }
-                Some(Kind::Heartbeat(_)) | None => {}
-            }
-        }
-        l.checkpoints.retain(|id, _| l.open.contains_key(id));
-        Ok(l)
-    }
-
-    /// Every task still open had a gap: what the previous daemon captured
-    /// of it since its last checkpoint (or since it began, without one)
-    /// died with it, up to `now`.
-    fn add_restart_gaps(&mut self, now: u64) {
-        let down = self.last_alive.map_or_else(String::new, |ns| {
-            format!(
-                " (its last sign of life: {} s before the restart)",
-                now.saturating_sub(ns) / 1_000_000_000
-            )
-        });
-        for t in self.open.values_mut() {
-            let captured_until = t.gaps.last().map_or(t.traced_since_ns, |g| g.to_ns);
-            let from_ns = self
-                .checkpoints
-                .get(&t.task_id)
-                .map_or(captured_until, |c| c.at_ns.max(captured_until));
-            t.gaps.push(pb::Gap {
-                from_ns,
-                to_ns: now,
-                why: format!(
-                    "roar-node restarted{down}: events after its last checkpoint of this task were lost with it"
-                ),
-            });
-        }
-    }
-}
-
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.to_path_buf(),
@@ -261,7 +122,7 @@ impl Spool {
     /// only what is still live. The open tasks it returns are still open
     /// in the spool (with the gap added): close them with `record_ready`
     /// or `task_closed`.
-    pub fn open(dir: &Path, node: &str) -> Result<(Self, Recovered), SpoolError> {
+    pub(crate) fn open(dir: &Path, node: &str) -> Result<(Self, Recovered), SpoolError> {
         if !dir.is_dir() {
             DirBuilder::new()
                 .recursive(true)
@@ -323,7 +184,7 @@ impl Spool {
 
     /// Rewrites the journal with what is live (atomically: a new file
     /// renamed over the old one).
-    pub fn compact(&mut self) -> Result<(), SpoolError> {
+    pub(crate) fn compact(&mut self) -> Result<(), SpoolError> {
         let mut buf = frame(Kind::Header(pb::Header {
             version: VERSION,
             node: self.node.clone(),
@@ -393,14 +254,14 @@ impl Spool {
     }
 
     /// A task is traced: from now on a crash leaves a known gap.
-    pub fn task_opened(&mut self, t: pb::TaskOpened) -> Result<(), SpoolError> {
+    pub(crate) fn task_opened(&mut self, t: pb::TaskOpened) -> Result<(), SpoolError> {
         self.open.insert(t.task_id.clone(), t.clone());
         self.append(Kind::TaskOpened(t), false)
     }
 
     /// What the daemon knows of an open task now (replaces the previous
     /// checkpoint of it).
-    pub fn checkpoint(&mut self, c: pb::TaskCheckpoint) -> Result<(), SpoolError> {
+    pub(crate) fn checkpoint(&mut self, c: pb::TaskCheckpoint) -> Result<(), SpoolError> {
         if !self.open.contains_key(&c.task_id) {
             return Ok(());
         }
@@ -417,7 +278,7 @@ impl Spool {
     /// their pins): the restart gaps just added end at the dead daemon's
     /// last sign of life `alive_ns`, not at the restart. What it read from
     /// the ring buffer after its last checkpoint is all that is missing.
-    pub fn capture_continued(&mut self, alive_ns: u64) {
+    pub(crate) fn capture_continued(&mut self, alive_ns: u64) {
         let mut changed = false;
         for t in self.open.values_mut() {
             let Some(g) = t.gaps.last_mut() else { continue };
@@ -438,16 +299,16 @@ impl Spool {
     }
 
     /// The open task with this id (from this run or a previous one).
-    pub fn open_task(&self, task_id: &str) -> Option<&pb::TaskOpened> {
+    pub(crate) fn open_task(&self, task_id: &str) -> Option<&pb::TaskOpened> {
         self.open.get(task_id)
     }
 
-    pub fn open_tasks(&self) -> impl Iterator<Item = &pb::TaskOpened> {
+    pub(crate) fn open_tasks(&self) -> impl Iterator<Item = &pb::TaskOpened> {
         self.open.values()
     }
 
     /// A task ends without a record.
-    pub fn task_closed(&mut self, task_id: &str) -> Result<(), SpoolError> {
+    pub(crate) fn task_closed(&mut self, task_id: &str) -> Result<(), SpoolError> {
         self.forget_checkpoint(task_id);
         if self.open.remove(task_id).is_none() {
             return Ok(());
@@ -461,7 +322,7 @@ impl Spool {
     }
 
     /// A finished record, on disk (synced) before it is delivered.
-    pub fn record_ready(&mut self, r: pb::RecordReady) -> Result<(), SpoolError> {
+    pub(crate) fn record_ready(&mut self, r: pb::RecordReady) -> Result<(), SpoolError> {
         self.open.remove(&r.task_id);
         self.forget_checkpoint(&r.task_id);
         self.undelivered.insert(r.bundle_file.clone(), r.clone());
@@ -471,7 +332,7 @@ impl Spool {
     }
 
     /// The record is in its bundle file.
-    pub fn delivered(&mut self, bundle_file: &str) -> Result<(), SpoolError> {
+    pub(crate) fn delivered(&mut self, bundle_file: &str) -> Result<(), SpoolError> {
         self.spooled_at.remove(bundle_file);
         if self.undelivered.remove(bundle_file).is_none() {
             return Ok(());
@@ -493,7 +354,7 @@ impl Spool {
     /// Records waiting for delivery that nobody is delivering: left by a
     /// previous daemon, or spooled by this one more than `age` ago (the
     /// writer delivers right after spooling; this is for its failures).
-    pub fn undelivered(&self, age: std::time::Duration) -> Vec<pb::RecordReady> {
+    pub(crate) fn undelivered(&self, age: std::time::Duration) -> Vec<pb::RecordReady> {
         self.undelivered
             .values()
             .filter(|r| {
@@ -505,20 +366,20 @@ impl Spool {
             .collect()
     }
 
-    pub fn undelivered_count(&self) -> usize {
+    pub(crate) fn undelivered_count(&self) -> usize {
         self.undelivered.len()
     }
 
-    pub fn heartbeat(&mut self) -> Result<(), SpoolError> {
+    pub(crate) fn heartbeat(&mut self) -> Result<(), SpoolError> {
         self.append(Kind::Heartbeat(pb::Heartbeat {}), false)
     }
 
     /// The journal's size on disk.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
