@@ -174,6 +174,8 @@ fn deliver(
             let s = &record.summary;
             tracing::info!(
                 task = task_id,
+                namespace = record.owner.namespace.as_deref(),
+                workflow = record.owner.workflow_id.as_deref(),
                 exit_code = record.fragment.exit_code,
                 processes = s.processes,
                 reads = s.reads,

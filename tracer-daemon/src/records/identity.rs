@@ -160,6 +160,7 @@ struct Naming {
     gaps: Vec<pb::Gap>,
     metadata: Map<String, Value>,
     bundle: super::BundleName,
+    owner: super::Owner,
 }
 
 impl UnnamedRecord {
@@ -228,6 +229,7 @@ impl UnnamedRecord {
         Record {
             fragment,
             bundle,
+            owner: naming.owner,
             summary: self.summary,
         }
     }
@@ -274,6 +276,7 @@ fn local_naming(l: LocalTask) -> Naming {
             container: l.program,
             attempt: "0".into(),
         },
+        owner: super::Owner::default(),
     }
 }
 
@@ -350,6 +353,10 @@ fn pod_naming(p: PodTask, procs: &ProcessTree) -> Naming {
                 meta.restart_count,
                 meta.pod_uid.chars().take(8).collect::<String>()
             ),
+        },
+        owner: super::Owner {
+            namespace: pod.map(|p| p.namespace.clone()),
+            workflow_id: pod.and_then(|p| p.labels.get("osmo.workflow_id").cloned()),
         },
     }
 }

@@ -117,7 +117,19 @@ impl CaptureFacts {
 pub(crate) struct Record {
     pub(crate) fragment: Fragment,
     pub(crate) bundle: BundleName,
+    /// Whose record it is, for sinks that file records by it.
+    pub(crate) owner: Owner,
     pub(crate) summary: Summary,
+}
+
+/// Whose task a record describes, beyond its task id: what a reader
+/// lists records by.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Owner {
+    /// The pod's namespace (`None`: a local run, or the pod was gone).
+    pub(crate) namespace: Option<String>,
+    /// OSMO's `osmo.workflow_id` label, for OSMO tasks.
+    pub(crate) workflow_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -255,6 +255,7 @@ mod tests {
                 container: "c".into(),
                 attempt: "0".into(),
             },
+            owner: Default::default(),
             summary: Summary::default(),
         }
     }
