@@ -118,12 +118,31 @@ fn environment_is_not_captured() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success());
-    for e in std::fs::read_dir(w.path("b")).unwrap() {
-        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-        assert!(
-            !text.contains(secret),
-            "the environment leaked into the record"
-        );
-    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The record exists and has the process that held the secret: an empty
+    // directory, or a record without processes, proves nothing.
+    let bundles: Vec<_> = std::fs::read_dir(w.path("b"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(bundles.len(), 1, "{bundles:?}");
+    let text = std::fs::read_to_string(&bundles[0]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let procs = v["fragments"][0]["backend_metadata"]["processes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["argv"].to_string().contains("$AWS_SECRET_ACCESS_KEY")),
+        "{procs:?}"
+    );
+    assert!(
+        !text.contains(secret),
+        "the environment leaked into the record"
+    );
 }

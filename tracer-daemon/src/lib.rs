@@ -24,6 +24,8 @@ mod proto;
 mod records;
 mod sinks;
 mod tasks;
+#[cfg(test)]
+mod test_support;
 
 /// The surface the fuzz targets (`fuzz/`) drive: the parsers that take
 /// input from outside (the kernel's ring buffer, cgroup paths, pod specs

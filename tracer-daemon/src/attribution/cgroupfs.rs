@@ -199,14 +199,14 @@ mod tests {
     #[test]
     fn finds_a_process_of_a_cgroup_through_proc() {
         let Ok(root) = find_cgroup2() else {
-            eprintln!("skipped: no cgroup2 mount");
+            crate::test_support::skip("no cgroup2 mount");
             return;
         };
         let name = format!("pid-in-cgroup-{}", std::process::id());
         let cg = match LocalCgroup::create(&root, &name) {
             Ok(cg) => cg,
             Err(e) => {
-                eprintln!("skipped: cannot make a cgroup ({e}); run as root");
+                crate::test_support::skip(&format!("cannot make a cgroup ({e}); run as root"));
                 return;
             }
         };

@@ -367,10 +367,10 @@ mod tests {
             || !std::fs::read_to_string("/proc/self/mounts")
                 .is_ok_and(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf bpf ")))
         {
-            eprintln!(
-                "skipped: needs root, the eBPF programs and bpffs at {}",
+            crate::test_support::skip(&format!(
+                "needs root, the eBPF programs and bpffs at {}",
                 bpffs.display()
-            );
+            ));
             return;
         }
         let root = bpffs.join(format!("roar-node-test-{}", std::process::id()));
