@@ -9,16 +9,16 @@
 //! 3 pod namespace, 4 pod name, 5 `roar-node/trace` value (present only
 //! when flag bit 0 is set), 6 labels (`key=value`), 7 other annotations
 //! (`key=value`), 8 containers (first character `i` init, `e` ephemeral,
-//! anything else regular; the rest is the name), 9 one more container name
-//! to ask about.
+//! `x` regular started as OSMO's `osmo_exec`, anything else regular; the
+//! rest is the name), 9 one more container name to ask about.
 #![no_main]
 
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use roar_node::fuzzing::{
-    ANNOTATION, ContainerInfo, ContainerKind, Decision, OSMO_CTRL, OSMO_INIT, OSMO_TASK_LABEL,
-    PodInfo, Policy, Role, Selector, TraceReason, container_role,
+    ANNOTATION, ContainerInfo, ContainerKind, Decision, OSMO_CTRL, OSMO_EXEC, OSMO_INIT,
+    OSMO_TASK_LABEL, PodInfo, Policy, Role, Selector, TraceReason, container_role,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -49,18 +49,21 @@ fuzz_target!(|data: &[u8]| {
         .filter(|l| !l.is_empty())
         .map(|l| {
             let mut chars = l.chars();
-            let kind = match chars.next() {
+            let first = chars.next();
+            let kind = match first {
                 Some('i') => ContainerKind::Init,
                 Some('e') => ContainerKind::Ephemeral,
                 _ => ContainerKind::Regular,
             };
+            let command = match first {
+                Some('x') => vec![OSMO_EXEC.to_string()],
+                _ => Vec::new(),
+            };
             ContainerInfo {
                 name: chars.as_str().to_string(),
                 kind,
-                image: String::new(),
-                status_image: None,
-                image_id: None,
-                runs: Vec::new(),
+                command,
+                ..ContainerInfo::default()
             }
         })
         .collect();
@@ -73,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
         annotations,
         containers,
         phase: String::new(),
+        job_name: None,
     };
 
     if let Some(policy) = &policy {
@@ -221,8 +225,8 @@ fn check_decision(policy: &Policy, pod: &PodInfo) {
 }
 
 /// Ephemeral containers never; OSMO pods: not osmo-init nor init
-/// containers, osmo-ctrl as itself, the rest as the user; other pods:
-/// init or task.
+/// containers, osmo-ctrl as itself, the one started as osmo_exec as the
+/// user, the rest as sidecars; other pods: init or task.
 fn check_role(pod: &PodInfo, name: &str) {
     let role = container_role(pod, name);
     assert_eq!(role, container_role(pod, name));
@@ -236,7 +240,10 @@ fn check_role(pod: &PodInfo, name: &str) {
                 ContainerKind::Ephemeral => None,
                 _ if osmo && (c.name == OSMO_INIT || c.kind == ContainerKind::Init) => None,
                 _ if osmo && c.name == OSMO_CTRL => Some(Role::OsmoCtrl),
-                _ if osmo => Some(Role::User),
+                _ if osmo && c.command.first().map(String::as_str) == Some(OSMO_EXEC) => {
+                    Some(Role::User)
+                }
+                _ if osmo => Some(Role::Sidecar),
                 ContainerKind::Init => Some(Role::Init),
                 _ => Some(Role::Task),
             }

@@ -36,6 +36,7 @@ pub mod fuzzing {
     /// The opt-in policy and the pods it decides on.
     pub use crate::attribution::{
         Role, TraceReason,
+        osmo::OSMO_EXEC,
         pods::{ContainerInfo, ContainerKind, PodInfo},
         policy::{
             ANNOTATION, Decision, OSMO_CTRL, OSMO_INIT, OSMO_TASK_LABEL, Policy, Selector,

@@ -17,9 +17,20 @@
 //! and containers the policy leaves out are then dropped from the trace set
 //! and their events counted as ignored; containers that never resolve are
 //! counted as unattributed.
+//!
+//! When the pod watch lags behind the kubelet, a container's cgroup can
+//! exist before its pod is known: it waits outside the trace set, and goes
+//! into it the moment its pod is known to be traced (`Begin { late }`),
+//! not when its id shows. Its record says what that cost (the daemon
+//! checks whether a process was already running). A waiting cgroup that
+//! is gone is kept until its pod resolves it: the clock that drops it
+//! (`sweep`) only runs while the pod watch is delivering.
 
 pub(crate) mod cgroup_path;
 pub(crate) mod cgroupfs;
+mod housekeeping;
+pub(crate) mod osmo;
+pub(crate) mod pod_spec;
 pub(crate) mod pods;
 pub(crate) mod policy;
 mod task;
@@ -29,12 +40,12 @@ pub use self::task::{Role, TraceReason};
 
 use std::{
     collections::{HashMap, HashSet},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use self::{
     cgroup_path::{CgroupPath, ContainerCgroup},
-    pods::{PodIndex, PodInfo, RunState},
+    pods::{PodIndex, PodInfo},
     policy::{Decision, Policy},
 };
 use crate::events::{CgroupChange, Event};
@@ -51,8 +62,13 @@ pub(crate) enum Action {
     Untrace(u64),
     /// A container cgroup of a traced pod appeared in the trace set: collect
     /// its events as a task now, who it is comes later (`Resolved`) or it
-    /// is dropped (`Discard`).
-    Begin { cgroup: u64, path: String },
+    /// is dropped (`Discard`). `late`: it existed before it entered the
+    /// trace set (its pod was not known yet), so processes may have run.
+    Begin {
+        cgroup: u64,
+        path: String,
+        late: bool,
+    },
     /// The cgroup's container is known and traced.
     Resolved(TaskMeta),
     /// The cgroup is not a traced container (the sandbox, osmo-init, a pod
@@ -90,9 +106,11 @@ pub(crate) struct AttributionStats {
 #[derive(Debug)]
 enum CgState {
     /// A container cgroup of a traced pod whose container is not known
-    /// yet. `in_trace_set`: the kernel (or we) put it in the kernel trace set.
+    /// yet. `in_trace_set`: the kernel (or we) put it in the kernel trace
+    /// set; `late`: after it was created.
     Pending {
         in_trace_set: bool,
+        late: bool,
     },
     Traced,
     Ignored,
@@ -117,6 +135,9 @@ pub(crate) struct Attributor {
     warned: HashSet<String>,
     /// Pod UID -> its first (smallest id) container cgroup: the sandbox.
     first_container_cgroup: HashMap<String, u64>,
+    /// Since when the pod watch delivers (`None`: it does not now): the
+    /// clock that drops cgroups waiting for their pod runs only then.
+    watch_delivers_since: Option<Instant>,
     pub(crate) stats: AttributionStats,
 }
 
@@ -131,6 +152,7 @@ impl Attributor {
             states: HashMap::new(),
             warned: HashSet::new(),
             first_container_cgroup: HashMap::new(),
+            watch_delivers_since: Some(Instant::now()),
             stats: AttributionStats::default(),
         }
     }
@@ -154,14 +176,50 @@ impl Attributor {
         if self.states.contains_key(&id) {
             return;
         }
-        self.states.insert(id, CgState::Pending { in_trace_set });
+        self.states.insert(
+            id,
+            CgState::Pending {
+                in_trace_set,
+                late: false,
+            },
+        );
         self.stats.waiting += 1;
         if in_trace_set {
             out.push(Action::Begin {
                 cgroup: id,
                 path: self.cgroups[&id].path.clone(),
+                late: false,
             });
         }
+    }
+
+    /// A container cgroup that waited for its pod outside the trace set:
+    /// its pod is known to be traced, so into the trace set it goes now,
+    /// before its id shows (while it still exists).
+    fn trace_late(&mut self, id: u64, out: &mut Vec<Action>) {
+        let Some(CgState::Pending {
+            in_trace_set: false,
+            ..
+        }) = self.states.get(&id)
+        else {
+            return;
+        };
+        if self.cgroups.get(&id).is_none_or(|c| c.removed.is_some()) {
+            return;
+        }
+        self.states.insert(
+            id,
+            CgState::Pending {
+                in_trace_set: true,
+                late: true,
+            },
+        );
+        out.push(Action::TraceContainer(id));
+        out.push(Action::Begin {
+            cgroup: id,
+            path: self.cgroups[&id].path.clone(),
+            late: true,
+        });
     }
 
     /// A pod was added or changed (watch event or initial list).
@@ -200,16 +258,30 @@ impl Attributor {
                 }
                 self.set_pending(id, false, &mut out);
             }
+            if traced {
+                self.trace_late(id, &mut out);
+            }
             self.resolve(id, &mut out);
         }
         out
     }
 
-    /// The pod is gone from the API server.
-    pub(crate) fn on_pod_deleted(&mut self, uid: &str, now: Instant) -> Vec<Action> {
+    /// The pod is gone from the API server. `last`: its final state, as
+    /// the watch's Delete event carries it (the terminated containers'
+    /// ids that may not have been seen before): what waits for it is
+    /// resolved with it first. `None`: it vanished while not watched.
+    pub(crate) fn on_pod_deleted(
+        &mut self,
+        uid: &str,
+        last: Option<PodInfo>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut out = match last.filter(|p| p.uid == uid) {
+            Some(p) => self.on_pod(p),
+            None => Vec::new(),
+        };
         self.pods.delete(uid, now);
         self.first_container_cgroup.remove(uid);
-        let mut out = Vec::new();
         if let Some(pcg) = self.pod_cgroups.get(uid).copied()
             && self.traced_pods.remove(&pcg)
         {
@@ -297,9 +369,13 @@ impl Attributor {
                 };
                 // The kernel traces it already (its pod is traced), or its
                 // pod is not known yet: wait for the pod. A pod we know is
-                // not traced: nothing to do.
+                // not traced: nothing to do. One found by a walk below a
+                // pod known to be traced goes into the trace set now.
                 if c.traced_by_kernel || !known_untraced {
                     self.set_pending(c.id, c.traced_by_kernel, &mut out);
+                    if pod.is_some() && !c.traced_by_kernel {
+                        self.trace_late(c.id, &mut out);
+                    }
                     self.resolve(c.id, &mut out);
                 }
             }
@@ -310,7 +386,9 @@ impl Attributor {
 
     /// Drops a pending cgroup: known not traced, or never resolved.
     fn drop_pending(&mut self, id: u64, unattributed: bool, out: &mut Vec<Action>) {
-        if let Some(CgState::Pending { in_trace_set }) = self.states.insert(id, CgState::Ignored) {
+        if let Some(CgState::Pending { in_trace_set, .. }) =
+            self.states.insert(id, CgState::Ignored)
+        {
             self.stats.waiting = self.stats.waiting.saturating_sub(1);
             if in_trace_set {
                 out.push(Action::Untrace(id));
@@ -329,10 +407,10 @@ impl Attributor {
 
     /// Tries to settle a pending container cgroup.
     fn resolve(&mut self, id: u64, out: &mut Vec<Action>) {
-        let Some(CgState::Pending { in_trace_set }) = self.states.get(&id) else {
+        let Some(CgState::Pending { in_trace_set, late }) = self.states.get(&id) else {
             return;
         };
-        let in_trace_set = *in_trace_set;
+        let (in_trace_set, late) = (*in_trace_set, *late);
         let Some(cc) = self.container_cgroup(id).cloned() else {
             return; // path not known yet
         };
@@ -367,11 +445,12 @@ impl Attributor {
             container: container.name.clone(),
             container_id: run.container_id.clone(),
             restart_count: run.restart_count,
+            completion_index: pod.completion_index(&container.name).value,
             role,
             reason,
             // Not in the trace set from its creation: known only from the
             // start-up walk, or created before its pod was known.
-            started_before_agent: !in_trace_set,
+            started_before_agent: !in_trace_set || late,
         };
         self.states.insert(id, CgState::Traced);
         self.stats.waiting = self.stats.waiting.saturating_sub(1);
@@ -380,6 +459,7 @@ impl Attributor {
             out.push(Action::Begin {
                 cgroup: id,
                 path: meta.cgroup_path.clone(),
+                late: true,
             });
         }
         out.push(Action::Resolved(meta));
@@ -389,7 +469,9 @@ impl Attributor {
     pub(crate) fn route(&mut self, ev: &Event) -> Route {
         match self.states.get(&ev.task) {
             Some(CgState::Traced) => Route::Task,
-            Some(CgState::Pending { in_trace_set: true }) => {
+            Some(CgState::Pending {
+                in_trace_set: true, ..
+            }) => {
                 self.stats.before_resolution += 1;
                 Route::Task
             }
@@ -399,6 +481,7 @@ impl Attributor {
             }
             Some(CgState::Pending {
                 in_trace_set: false,
+                ..
             })
             | None => {
                 self.stats.unattributed += 1;
@@ -422,6 +505,7 @@ impl Attributor {
             // trace set: into it now.
             Some(CgState::Pending {
                 in_trace_set: false,
+                ..
             }) => {
                 self.states.remove(&id);
                 self.stats.waiting = self.stats.waiting.saturating_sub(1);
@@ -479,71 +563,6 @@ impl Attributor {
 
     pub(crate) fn policy(&self) -> &Policy {
         &self.policy
-    }
-
-    pub(crate) fn cgroup_removed(&self, id: u64) -> bool {
-        self.cgroups.get(&id).is_some_and(|c| c.removed.is_some())
-    }
-
-    /// The container's state per the API server, for a traced cgroup.
-    pub(crate) fn run_state(&self, meta: &TaskMeta) -> Option<RunState> {
-        self.pods
-            .get(&meta.pod_uid)?
-            .find_run(&meta.container_id)
-            .map(|(_, r)| r.state.clone())
-    }
-
-    /// A task's record was written or dropped: forget its cgroup.
-    pub(crate) fn forget(&mut self, id: u64) {
-        if let Some(CgState::Pending { .. }) = self.states.remove(&id) {
-            self.stats.waiting = self.stats.waiting.saturating_sub(1);
-        }
-        if self.cgroups.get(&id).is_some_and(|c| c.removed.is_some()) {
-            self.cgroups.remove(&id);
-        }
-    }
-
-    /// Forgets removed cgroups that hold no task. A removed cgroup whose
-    /// container has not resolved yet is kept for `pending_grace` (a
-    /// short container's cgroup is often gone before the API server
-    /// reports its container id), then dropped as unattributed.
-    pub(crate) fn sweep(&mut self, now: Instant, pending_grace: Duration) -> Vec<Action> {
-        let mut out = Vec::new();
-        let gone: Vec<u64> = self
-            .cgroups
-            .iter()
-            .filter(|(id, c)| match (c.removed, self.states.get(id)) {
-                (None, _) | (_, Some(CgState::Traced)) => false,
-                (Some(t), Some(CgState::Pending { .. })) => now.duration_since(t) > pending_grace,
-                (Some(_), _) => true,
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            if matches!(self.states.get(&id), Some(CgState::Pending { .. })) {
-                self.drop_pending(id, true, &mut out);
-            }
-            self.states.remove(&id);
-            self.cgroups.remove(&id);
-        }
-        out
-    }
-
-    /// Pending container cgroups (for diagnostics).
-    pub(crate) fn pending(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .states
-            .iter()
-            .filter(|(_, s)| matches!(s, CgState::Pending { .. }))
-            .map(|(id, _)| {
-                self.cgroups
-                    .get(id)
-                    .map(|c| c.path.clone())
-                    .unwrap_or_else(|| id.to_string())
-            })
-            .collect();
-        v.sort();
-        v
     }
 }
 

@@ -13,10 +13,16 @@ use std::{
 
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod};
 
+use super::pod_spec::{
+    self, COMPLETION_INDEX_ANNOTATION, COMPLETION_INDEX_ENV, MountMapEntry, PARENT_JOB_UID_ENV,
+    SpecContainer,
+};
+
 /// Which list of the pod spec a container comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ContainerKind {
     Init,
+    #[default]
     Regular,
     Ephemeral,
 }
@@ -39,12 +45,21 @@ pub struct ContainerRun {
     pub state: RunState,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerInfo {
     pub name: String,
     pub kind: ContainerKind,
     /// The image the spec asks for.
     pub image: String,
+    /// The spec's `command` (the entrypoint; empty: the image's).
+    pub command: Vec<String>,
+    /// The spec's `args`.
+    pub args: Vec<String>,
+    /// Plain values of the env names roar's k8s contract reads
+    /// (`ROAR_K8S_PARENT_JOB_UID`, `JOB_COMPLETION_INDEX`); no other.
+    pub contract_env: BTreeMap<String, String>,
+    /// roar's `k8s_mount_map` for this container.
+    pub mount_map: Vec<MountMapEntry>,
     /// The image the runtime resolved (status.image), if known.
     pub status_image: Option<String>,
     /// status.imageID: the digest the container runs.
@@ -65,6 +80,19 @@ pub struct PodInfo {
     pub containers: Vec<ContainerInfo>,
     /// Pod phase (Pending, Running, Succeeded, Failed, Unknown).
     pub phase: String,
+    /// The Job that owns the pod, if any.
+    pub job_name: Option<String>,
+}
+
+/// A container run's Indexed Job completion index, as roar's k8s contract
+/// takes it (roar-cli 0.4.7 `pod_entry.py`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CompletionIndex {
+    pub(crate) value: u32,
+    /// Where it came from: `annotation`, `env` or `none` (0).
+    pub(crate) source: &'static str,
+    /// A value that was there but is not a number (0 is used instead).
+    pub(crate) rejected: Option<String>,
 }
 
 /// `containerd://<id>` -> `<id>`; any runtime prefix.
@@ -110,69 +138,64 @@ fn runs(st: &ContainerStatus) -> Vec<ContainerRun> {
     out
 }
 
-/// One container list of a pod: its kind, (name, image) from the spec,
-/// and the matching statuses.
-type SpecList<'a> = (
-    ContainerKind,
-    Vec<(String, String)>,
-    Option<&'a Vec<ContainerStatus>>,
-);
-
 impl PodInfo {
-    /// The part of `pod` attribution needs; `None` without a UID.
+    /// The part of `pod` attribution and records need; `None` without a
+    /// UID.
     pub(crate) fn from_pod(pod: &Pod) -> Option<Self> {
         let md = &pod.metadata;
         let uid = md.uid.clone()?;
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
+        let volumes = spec.and_then(|s| s.volumes.as_deref()).unwrap_or_default();
         let mut containers = Vec::new();
-        let lists: [SpecList<'_>; 3] = [
-            (
-                ContainerKind::Init,
-                spec.and_then(|s| s.init_containers.as_ref())
-                    .map(|v| {
-                        v.iter()
-                            .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                status.and_then(|s| s.init_container_statuses.as_ref()),
-            ),
-            (
-                ContainerKind::Regular,
-                spec.map(|s| {
-                    s.containers
-                        .iter()
-                        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-                status.and_then(|s| s.container_statuses.as_ref()),
-            ),
-            (
-                ContainerKind::Ephemeral,
-                spec.and_then(|s| s.ephemeral_containers.as_ref())
-                    .map(|v| {
-                        v.iter()
-                            .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                status.and_then(|s| s.ephemeral_container_statuses.as_ref()),
-            ),
-        ];
-        for (kind, specs, statuses) in lists {
-            for (name, image) in specs {
-                let st = statuses.and_then(|v| v.iter().find(|s| s.name == name));
-                containers.push(ContainerInfo {
-                    kind,
-                    image,
-                    status_image: st.map(|s| s.image.clone()).filter(|s| !s.is_empty()),
-                    image_id: st.map(|s| s.image_id.clone()).filter(|s| !s.is_empty()),
-                    runs: st.map(runs).unwrap_or_default(),
-                    name,
-                });
-            }
+        let mut add = |kind, c: SpecContainer, statuses: Option<&Vec<ContainerStatus>>| {
+            let st = statuses.and_then(|v| v.iter().find(|s| s.name == c.name));
+            containers.push(ContainerInfo {
+                kind,
+                image: c.image,
+                command: c.command,
+                args: c.args,
+                contract_env: c.contract_env,
+                mount_map: c.mount_map,
+                status_image: st.map(|s| s.image.clone()).filter(|s| !s.is_empty()),
+                image_id: st.map(|s| s.image_id.clone()).filter(|s| !s.is_empty()),
+                runs: st.map(runs).unwrap_or_default(),
+                name: c.name,
+            });
+        };
+        // The three lists have different types with the same fields.
+        macro_rules! spec_of {
+            ($c:expr) => {
+                SpecContainer::new(
+                    &$c.name,
+                    $c.image.as_ref(),
+                    $c.command.as_ref(),
+                    $c.args.as_ref(),
+                    $c.env.as_ref(),
+                    $c.volume_mounts.as_ref(),
+                    volumes,
+                )
+            };
+        }
+        for c in spec
+            .and_then(|s| s.init_containers.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let st = status.and_then(|s| s.init_container_statuses.as_ref());
+            add(ContainerKind::Init, spec_of!(c), st);
+        }
+        for c in spec.map(|s| &s.containers).into_iter().flatten() {
+            let st = status.and_then(|s| s.container_statuses.as_ref());
+            add(ContainerKind::Regular, spec_of!(c), st);
+        }
+        for c in spec
+            .and_then(|s| s.ephemeral_containers.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let st = status.and_then(|s| s.ephemeral_container_statuses.as_ref());
+            add(ContainerKind::Ephemeral, spec_of!(c), st);
         }
         Some(Self {
             uid,
@@ -183,7 +206,54 @@ impl PodInfo {
             annotations: md.annotations.clone().unwrap_or_default(),
             containers,
             phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+            job_name: pod_spec::job_name(pod),
         })
+    }
+
+    /// roar's completion index for `container`: the job controller's
+    /// annotation, else a plain `JOB_COMPLETION_INDEX` in the container's
+    /// spec, else 0. (roar's launcher would fall back to `PET_NODE_RANK`
+    /// and `RANK` from the process environment; roar-node reads no
+    /// other env value.)
+    pub(crate) fn completion_index(&self, container: &str) -> CompletionIndex {
+        let found = self
+            .annotations
+            .get(COMPLETION_INDEX_ANNOTATION)
+            .map(|v| ("annotation", v))
+            .or_else(|| {
+                self.container(container)?
+                    .contract_env
+                    .get(COMPLETION_INDEX_ENV)
+                    .map(|v| ("env", v))
+            });
+        match found {
+            None => CompletionIndex {
+                value: 0,
+                source: "none",
+                rejected: None,
+            },
+            Some((source, v)) => match pod_spec::parse_index(v) {
+                Some(value) => CompletionIndex {
+                    value,
+                    source,
+                    rejected: None,
+                },
+                None => CompletionIndex {
+                    value: 0,
+                    source,
+                    rejected: Some(v.clone()),
+                },
+            },
+        }
+    }
+
+    /// roar's parent job uid for `container` (`ROAR_K8S_PARENT_JOB_UID`,
+    /// a plain value in its spec), or "".
+    pub(crate) fn parent_job_uid(&self, container: &str) -> String {
+        self.container(container)
+            .and_then(|c| c.contract_env.get(PARENT_JOB_UID_ENV))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
     }
 
     pub(crate) fn container(&self, name: &str) -> Option<&ContainerInfo> {
@@ -302,9 +372,18 @@ impl PodIndex {
 pub(crate) mod tests {
     use super::*;
 
-    /// A pod as the local cluster's API server (Kubernetes v1.20.2)
-    /// returned it, trimmed of fields attribution does not read.
+    /// An OSMO task pod: metadata and spec in the shapes OSMO 6.4's source
+    /// writes them (`task.py` `to_pod_container` and the pod it builds,
+    /// `kb_objects.py` osmo-ctrl, osmo-init and KAI's labels, annotation and
+    /// schedulerName; the finalizer; lowercase `osmo.priority`; a template's
+    /// `roar-node/trace`), status as the local cluster's API server
+    /// (Kubernetes v1.20.2) returned it.
     pub(crate) const OSMO_POD: &str = include_str!("testdata/osmo-pod.json");
+    /// A pod of an Indexed Job (Kubernetes 1.21+ shapes: the completion
+    /// index annotation, `JOB_COMPLETION_INDEX` from it, the owner Job) that
+    /// roar's k8s launcher rewrote (`ROAR_K8S_PARENT_JOB_UID`), with a
+    /// GCS FUSE and a claim volume and secrets in its env.
+    pub(crate) const INDEXED_JOB_POD: &str = include_str!("testdata/indexed-job-pod.json");
 
     fn pod(json: &str) -> Pod {
         serde_json::from_str(json).unwrap()
@@ -313,11 +392,19 @@ pub(crate) mod tests {
     #[test]
     fn real_pod_to_info() {
         let info = PodInfo::from_pod(&pod(OSMO_POD)).unwrap();
-        assert_eq!(info.namespace, "roar-e2e");
+        assert_eq!(info.namespace, "osmo-workflows");
         assert_eq!(info.node, "localhost");
         assert!(info.labels.contains_key("osmo.task_uuid"));
         let names: Vec<_> = info.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["osmo-init", "osmo-ctrl", "train"]);
+        assert_eq!(names, ["osmo-init", "train", "osmo-ctrl"]);
+        assert_eq!(
+            info.container("train").unwrap().command,
+            ["/osmo/bin/osmo_exec"]
+        );
+        // Secrets in the env are never read.
+        assert!(info.containers.iter().all(|c| c.contract_env.is_empty()));
+        assert_eq!(info.job_name, None);
+        assert_eq!(info.completion_index("train").value, 0);
         assert_eq!(info.containers[0].kind, ContainerKind::Init);
         let user = info.container("train").unwrap();
         assert_eq!(user.runs.len(), 1);
@@ -329,6 +416,43 @@ pub(crate) mod tests {
         assert_eq!(r.restart_count, 0);
         assert!(matches!(r.state, RunState::Terminated { exit_code: 0 }));
         assert!(info.all_containers_have_ids());
+    }
+
+    /// roar's contract from the pod: index from the annotation, parent job
+    /// uid from the plain env value, the Job, the mount map; the env's
+    /// other values (a plain secret among them) are never read.
+    #[test]
+    fn indexed_job_pod_to_info() {
+        let info = PodInfo::from_pod(&pod(INDEXED_JOB_POD)).unwrap();
+        assert_eq!(info.job_name.as_deref(), Some("shard"));
+        let index = info.completion_index("worker");
+        assert_eq!((index.value, index.source), (2, "annotation"));
+        assert_eq!(info.parent_job_uid("worker"), "a1b2c3d4");
+        let c = info.container("worker").unwrap();
+        assert_eq!(c.contract_env.len(), 1, "{:?}", c.contract_env);
+        assert!(!format!("{info:?}").contains("hf_not_a_real_token"));
+        assert_eq!(c.mount_map.len(), 2);
+        assert_eq!(c.mount_map[0].uri.as_deref(), Some("gs://training-data"));
+        // A plain env value when there is no annotation; junk is said.
+        let mut p = pod(INDEXED_JOB_POD);
+        p.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove(super::super::pod_spec::COMPLETION_INDEX_ANNOTATION);
+        let env = p.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap();
+        env[0].value_from = None;
+        env[0].value = Some("7".into());
+        let info = PodInfo::from_pod(&p).unwrap();
+        assert_eq!(info.completion_index("worker").value, 7);
+        assert_eq!(info.completion_index("worker").source, "env");
+        env_index(&mut p, "seven");
+        let index = PodInfo::from_pod(&p).unwrap().completion_index("worker");
+        assert_eq!((index.value, index.rejected.as_deref()), (0, Some("seven")));
+    }
+
+    fn env_index(p: &mut Pod, v: &str) {
+        p.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap()[0].value = Some(v.into());
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! is a mistake: the pod is not traced and the daemon says why.
 //!
 //! Containers: for an OSMO pod (label `osmo.task_uuid`) the user container
-//! (role `user`) and the `osmo-ctrl` sidecar (role `osmo-ctrl`), never
-//! `osmo-init`; for other pods every regular container (role `task`) and
-//! init container (role `init`). Ephemeral (debug) containers never.
+//! (the one whose command is `/osmo/bin/osmo_exec`, role `user`), the
+//! `osmo-ctrl` sidecar (role `osmo-ctrl`) and any other regular container
+//! a pod template added (role `sidecar`), never `osmo-init` nor another
+//! init container; for other pods every regular container (role `task`)
+//! and init container (role `init`). Ephemeral (debug) containers never.
 
 use std::{collections::BTreeMap, io::Read, path::Path};
 
@@ -285,7 +287,8 @@ pub fn container_role(pod: &PodInfo, container: &str) -> Option<Role> {
         return match (c.kind, c.name.as_str()) {
             (_, OSMO_INIT) | (ContainerKind::Init, _) => None,
             (_, OSMO_CTRL) => Some(Role::OsmoCtrl),
-            _ => Some(Role::User),
+            _ if super::osmo::is_user_container(c) => Some(Role::User),
+            _ => Some(Role::Sidecar),
         };
     }
     Some(match c.kind {
@@ -452,13 +455,22 @@ mod tests {
         assert!(Selector::parse("!x").unwrap().matches(&BTreeMap::new()));
     }
 
+    /// The user container is the one OSMO starts as `osmo_exec`, wherever
+    /// it is in the list (OSMO puts it first); a container a pod template
+    /// adds is a sidecar, not the user container.
     #[test]
     fn osmo_roles() {
-        let p = osmo_pod();
+        let mut p = osmo_pod();
         assert_eq!(container_role(&p, OSMO_INIT), None);
         assert_eq!(container_role(&p, OSMO_CTRL), Some(Role::OsmoCtrl));
         assert_eq!(container_role(&p, "train"), Some(Role::User));
         assert_eq!(container_role(&p, "nope"), None);
+        p.containers.push(crate::attribution::pods::ContainerInfo {
+            name: "log-shipper".into(),
+            command: vec!["/bin/fluent-bit".into()],
+            ..Default::default()
+        });
+        assert_eq!(container_role(&p, "log-shipper"), Some(Role::Sidecar));
         let mut k = p.clone();
         k.labels.clear();
         assert_eq!(container_role(&k, OSMO_INIT), Some(Role::Init));

@@ -14,6 +14,9 @@ pub enum Role {
     User,
     /// An OSMO pod's `osmo-ctrl` sidecar: downloads inputs, uploads outputs.
     OsmoCtrl,
+    /// Another regular container of an OSMO pod (one a pod template
+    /// added): not the user's command.
+    Sidecar,
     /// A regular container of a pod that is not OSMO's.
     Task,
     /// An init container of a pod that is not OSMO's.
@@ -21,13 +24,20 @@ pub enum Role {
 }
 
 impl Role {
-    pub(crate) const ALL: [Role; 4] = [Role::User, Role::OsmoCtrl, Role::Task, Role::Init];
+    pub(crate) const ALL: [Role; 5] = [
+        Role::User,
+        Role::OsmoCtrl,
+        Role::Sidecar,
+        Role::Task,
+        Role::Init,
+    ];
 
     /// The name in records, logs and the spool.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::User => "user",
             Role::OsmoCtrl => "osmo-ctrl",
+            Role::Sidecar => "sidecar",
             Role::Task => "task",
             Role::Init => "init",
         }
@@ -118,6 +128,8 @@ pub(crate) struct TaskMeta {
     pub(crate) container: String,
     pub(crate) container_id: String,
     pub(crate) restart_count: i32,
+    /// The Indexed Job completion index (0 when the pod has none).
+    pub(crate) completion_index: u32,
     pub(crate) role: Role,
     /// Why the pod is traced (policy).
     pub(crate) reason: TraceReason,
@@ -128,11 +140,11 @@ pub(crate) struct TaskMeta {
 
 impl TaskMeta {
     /// The task's key in the spool and in logs: roar's k8s task id
-    /// (`pod_uid:container:completion_index:restart_attempt`) with index 0.
+    /// (`pod_uid:container:completion_index:restart_attempt`).
     pub(crate) fn task_id(&self) -> String {
         format!(
-            "{}:{}:0:{}",
-            self.pod_uid, self.container, self.restart_count
+            "{}:{}:{}:{}",
+            self.pod_uid, self.container, self.completion_index, self.restart_count
         )
     }
 }
@@ -149,6 +161,7 @@ impl From<&TaskMeta> for pb::TaskOpened {
             container: m.container.clone(),
             container_id: m.container_id.clone(),
             restart_count: m.restart_count,
+            completion_index: m.completion_index,
             role: m.role.as_str().into(),
             reason: m.reason.to_string(),
             started_before_agent: m.started_before_agent,
@@ -169,6 +182,7 @@ impl TryFrom<&pb::TaskOpened> for TaskMeta {
             container: t.container.clone(),
             container_id: t.container_id.clone(),
             restart_count: t.restart_count,
+            completion_index: t.completion_index,
             role: t.role.parse()?,
             reason: t.reason.parse()?,
             started_before_agent: t.started_before_agent,
@@ -206,12 +220,13 @@ mod tests {
             container: "train".into(),
             container_id: "abc".into(),
             restart_count: 2,
+            completion_index: 5,
             role: Role::User,
             reason: TraceReason::Selector("team=ml".into()),
             started_before_agent: true,
         };
         let opened = pb::TaskOpened::from(&m);
-        assert_eq!(opened.task_id, "u-1:train:0:2");
+        assert_eq!(opened.task_id, "u-1:train:5:2");
         assert_eq!(TaskMeta::try_from(&opened), Ok(m));
         let bad = pb::TaskOpened {
             role: "captain".into(),

@@ -1,4 +1,7 @@
 use super::*;
+use std::time::Duration;
+
+use super::pods::RunState;
 use crate::events::Body;
 
 const POD: &str = include_str!("testdata/osmo-pod.json");
@@ -292,4 +295,110 @@ fn opted_out_and_malformed() {
     );
     assert!(acts.is_empty());
     assert_eq!(a.route(&exit_ev(14)), Route::Unattributed);
+}
+
+/// The pod watch lags behind the kubelet: the container's cgroup exists
+/// before its pod is known (outside the trace set: its pod's cgroup was not
+/// traced). The moment the pod is known to be traced, with no container
+/// id in its status yet, the container goes into the trace set, as a task
+/// traced late.
+#[test]
+fn a_container_made_before_its_pod_is_known_is_traced_when_the_pod_is() {
+    let full = pod();
+    let uid = full.uid.clone();
+    let base = format!("/kubepods/besteffort/pod{uid}");
+    let mut a = Attributor::new(Policy::default());
+    let now = Instant::now();
+    assert!(a.on_cgroup(&mkdir(10, &base, false), now).is_empty());
+    let train = format!("{base}/{}", id_of(&full, "train"));
+    assert!(a.on_cgroup(&mkdir(14, &train, false), now).is_empty());
+    assert_eq!(a.route(&exit_ev(14)), Route::Unattributed, "not traced yet");
+    let mut early = full.clone();
+    early.phase = "Pending".into();
+    for c in &mut early.containers {
+        c.runs.clear();
+    }
+    let acts = a.on_pod(early);
+    assert_eq!(names(&acts), ["trace-pod 10", "trace 14", "begin 14"]);
+    assert!(acts.iter().any(|x| matches!(
+        x,
+        Action::Begin {
+            cgroup: 14,
+            late: true,
+            ..
+        }
+    )));
+    assert_eq!(a.route(&exit_ev(14)), Route::Task);
+    let acts = a.on_pod(full);
+    assert!(resolved(&acts, 14).started_before_agent, "traced late");
+    assert!(!names(&acts).contains(&"trace 14".to_string()), "once");
+}
+
+/// A short container that ran and ended while its pod was not known, and
+/// the pod deleted: the watch's Delete event carries the final pod, whose
+/// status names the container; its record is made from it rather than
+/// the container being dropped.
+#[test]
+fn the_final_object_of_a_delete_resolves_what_waits() {
+    let full = pod();
+    let uid = full.uid.clone();
+    let base = format!("/kubepods/besteffort/pod{uid}");
+    let mut a = Attributor::new(Policy::default());
+    let now = Instant::now();
+    a.on_cgroup(&mkdir(10, &base, false), now);
+    let train = format!("{base}/{}", id_of(&full, "train"));
+    a.on_cgroup(&mkdir(14, &train, false), now);
+    let mut rm = mkdir(14, &train, false);
+    rm.created = false;
+    a.on_cgroup(&rm, now);
+    let acts = a.on_pod_deleted(&uid, Some(full), now);
+    let n = names(&acts);
+    assert!(n.contains(&"begin 14".to_string()), "{n:?}");
+    assert!(resolved(&acts, 14).started_before_agent);
+    // Without the final object, nothing can name it: dropped, counted.
+    let mut b = Attributor::new(Policy::default());
+    b.on_cgroup(&mkdir(10, &base, false), now);
+    b.on_cgroup(&mkdir(14, &train, false), now);
+    b.on_pod(pod_without_ids());
+    let acts = b.on_pod_deleted(&uid, None, now);
+    assert_eq!(
+        names(&acts),
+        ["untrace 10", "untrace 14", "discard 14 true"]
+    );
+}
+
+fn pod_without_ids() -> PodInfo {
+    let mut p = pod();
+    p.phase = "Pending".into();
+    for c in &mut p.containers {
+        c.runs.clear();
+    }
+    p
+}
+
+/// A cgroup waiting for its pod is not dropped while the pod watch
+/// delivers nothing (held, failing, never listed): only once it has
+/// delivered for the whole grace.
+#[test]
+fn waiting_cgroups_outlive_a_watch_that_delivers_nothing() {
+    let full = pod();
+    let base = format!("/kubepods/besteffort/pod{}", full.uid);
+    let mut a = Attributor::new(Policy::default());
+    let t0 = Instant::now();
+    let train = format!("{base}/{}", id_of(&full, "train"));
+    a.on_cgroup(&mkdir(10, &base, false), t0);
+    a.on_cgroup(&mkdir(14, &train, false), t0);
+    let mut rm = mkdir(14, &train, false);
+    rm.created = false;
+    a.on_cgroup(&rm, t0);
+    a.set_watch_delivers(false, t0);
+    let grace = Duration::from_secs(60);
+    let t1 = t0 + Duration::from_secs(600);
+    assert!(a.sweep(t1, grace).is_empty());
+    a.set_watch_delivers(true, t1);
+    assert!(a.sweep(t1 + Duration::from_secs(30), grace).is_empty());
+    assert_eq!(a.pending().len(), 1);
+    // Delivered for the whole grace and its pod never came: dropped.
+    a.sweep(t1 + Duration::from_secs(61), grace);
+    assert!(a.pending().is_empty());
 }

@@ -82,6 +82,16 @@ pub(crate) struct DaemonArgs {
     /// kernel.
     #[arg(long, default_value_t = 15, env = "ROAR_NODE_STATUS_WAIT_SECS")]
     status_wait_secs: u64,
+    /// How long a removed container cgroup waits for its pod to name it,
+    /// counted only while the pod watch delivers (a lagging or failing
+    /// watch could not have named it), before it is dropped and its events
+    /// counted as unattributed.
+    #[arg(long, default_value_t = 120, env = "ROAR_NODE_PENDING_GRACE_SECS")]
+    pending_grace_secs: u64,
+    /// Tests only: while this file exists, the pod watch's events are held
+    /// back, as a watch lagging behind the kubelet would hold them.
+    #[arg(long, hide = true, env = "ROAR_NODE_TEST_HOLD_POD_WATCH")]
+    test_hold_pod_watch: Option<PathBuf>,
     /// Pin the programs and maps here (a directory on the host's bpffs):
     /// after a crash they stay attached, capture goes on, and the next
     /// daemon adopts them. Removed on a normal stop. Without it, capture
@@ -131,6 +141,8 @@ impl DaemonArgs {
             host_proc: self.host_proc,
             grace: Duration::from_millis(self.grace_ms),
             status_wait: Duration::from_secs(self.status_wait_secs),
+            pending_grace: Duration::from_secs(self.pending_grace_secs),
+            test_hold_pod_watch: self.test_hold_pod_watch,
             pin_dir: self.pin_dir,
             limits: TaskLimits {
                 max_files: self.max_files_per_task,

@@ -14,12 +14,12 @@ use tokio::sync::oneshot;
 use super::State;
 use crate::{
     attribution::{
-        Action, TaskMeta,
+        Action, Role, TaskMeta,
         cgroupfs::{pid_in_cgroup, populated},
         pods::RunState,
     },
     proto as pb,
-    records::mountns::MountNs,
+    records::{ctrl_exit_code, mountns::MountNs, osmo_exec_started_a_command},
 };
 
 /// What the daemon keeps for a task besides what its events built.
@@ -27,6 +27,11 @@ use crate::{
 pub(super) struct Lifecycle {
     /// Its cgroup, relative to the cgroup2 root.
     pub(super) path: String,
+    /// It entered the trace set after its cgroup was made (its pod was
+    /// not known yet): whether a process was in it then. `Some(false)`:
+    /// nothing had run that is still running, so nothing was missed but a
+    /// whole run that ended before (its record would show no process).
+    populated_when_traced: Option<bool>,
     /// Who it is, once its container resolved.
     pub(super) meta: Option<TaskMeta>,
     /// When its cgroup was found empty or removed.
@@ -36,6 +41,9 @@ pub(super) struct Lifecycle {
     drains_since_gone: u32,
     /// Its record is being built: send who it was and its exit code here.
     closing: Option<oneshot::Sender<Final>>,
+    /// When it closed, `osmo_exec` (if it ran) had started a command: if
+    /// not, an OSMO user record waits for osmo-ctrl's exit code.
+    osmo_command_started: bool,
     pub(super) checkpoint: super::checkpoints::CheckpointPace,
 }
 
@@ -84,11 +92,15 @@ impl State {
                     self.counters.warnings += 1;
                     tracing::warn!("{msg}");
                 }
-                Action::Begin { cgroup, path } => {
+                Action::Begin { cgroup, path, late } => {
+                    // Checked after it entered the trace set (the action
+                    // before this one): a process that comes later is seen.
+                    let populated_when_traced = late.then(|| populated(&self.ctx.cgroot, &path));
                     self.engine.register(
                         cgroup,
                         Lifecycle {
                             path,
+                            populated_when_traced,
                             ..Lifecycle::default()
                         },
                     );
@@ -109,8 +121,18 @@ impl State {
     }
 
     /// A task's container is known: it is a task of record now.
-    fn on_resolved(&mut self, meta: TaskMeta) {
+    fn on_resolved(&mut self, mut meta: TaskMeta) {
         let id = meta.cgroup_id;
+        // Traced late, but nothing ran in it then: whatever runs is seen
+        // from its start (a run that had already ended shows as a record
+        // with no process, partial).
+        if self
+            .engine
+            .get(id)
+            .is_some_and(|e| e.lifecycle.populated_when_traced == Some(false))
+        {
+            meta.started_before_agent = false;
+        }
         let task_id = meta.task_id();
         // In the spool already: a task resumed after a restart (with its
         // gaps), whose entry stays.
@@ -217,15 +239,21 @@ impl State {
                 if now.duration_since(gone) >= self.ctx.grace && l.drains_since_gone >= 2 {
                     closing.push(id);
                 }
-            } else if let Some(code) = l.meta.as_ref().and_then(|m| self.settled(m, gone, now)) {
+            } else if let Some(code) = l.meta.as_ref().and_then(|m| self.settled(m, l, gone, now)) {
                 settled.push((id, code));
             }
         }
         for id in closing {
+            let started = self
+                .engine
+                .get(id)
+                .and_then(|e| e.task())
+                .is_none_or(|t| osmo_exec_started_a_command(&t.processes));
             match self.close(id, false) {
                 Some(tx) => {
                     if let Some(e) = self.engine.get_mut(id) {
                         e.lifecycle.closing = Some(tx);
+                        e.lifecycle.osmo_command_started = started;
                     }
                 }
                 None => self.discard(id, true),
@@ -254,15 +282,30 @@ impl State {
 
     /// Whether a closed task's record can be named now: `Some(exit code
     /// from its status)` once the API server reported it, `Some(None)` when
-    /// it will not (pod deleted, or `status_wait` passed).
-    fn settled(&self, meta: &TaskMeta, gone: Instant, now: Instant) -> Option<Option<i32>> {
+    /// it will not (pod deleted, or `status_wait` passed). An OSMO user
+    /// container whose `osmo_exec` ran no command and exited 0 also waits
+    /// for osmo-ctrl's exit code (within `status_wait`): the command never
+    /// ran, and the record must say why.
+    fn settled(
+        &self,
+        meta: &TaskMeta,
+        l: &Lifecycle,
+        gone: Instant,
+        now: Instant,
+    ) -> Option<Option<i32>> {
+        let waited_enough = self.attr.pods.is_deleted(&meta.pod_uid)
+            || now.duration_since(gone) >= self.ctx.status_wait;
         match self.attr.run_state(meta) {
-            Some(RunState::Terminated { exit_code }) => Some(Some(exit_code)),
-            _ if self.attr.pods.is_deleted(&meta.pod_uid)
-                || now.duration_since(gone) >= self.ctx.status_wait =>
+            Some(RunState::Terminated { exit_code: 0 })
+                if meta.role == Role::User
+                    && !l.osmo_command_started
+                    && ctrl_exit_code(self.attr.pods.get(&meta.pod_uid)).is_none()
+                    && !waited_enough =>
             {
-                Some(None)
+                None
             }
+            Some(RunState::Terminated { exit_code }) => Some(Some(exit_code)),
+            _ if waited_enough => Some(None),
             _ => None,
         }
     }

@@ -12,6 +12,7 @@
 mod checkpoints;
 mod closing;
 mod lifecycle;
+mod recovery;
 mod reporting;
 mod route;
 mod startup;
@@ -73,6 +74,11 @@ pub(crate) struct Config {
     pub(crate) grace: Duration,
     /// How long to wait for the API server to report a container's exit.
     pub(crate) status_wait: Duration,
+    /// How long a removed container cgroup waits for its pod (while the
+    /// watch delivers).
+    pub(crate) pending_grace: Duration,
+    /// Tests only: hold the pod watch while this file exists.
+    pub(crate) test_hold_pod_watch: Option<PathBuf>,
     pub(crate) pin_dir: Option<PathBuf>,
     pub(crate) limits: TaskLimits,
     pub(crate) ring_buffer_bytes: u32,
@@ -88,6 +94,7 @@ struct Ctx {
     node: String,
     grace: Duration,
     status_wait: Duration,
+    pending_grace: Duration,
     /// `TRACE_*` flags every task gets.
     trace_flags: u32,
     pool: Arc<HashPool>,
@@ -106,6 +113,7 @@ struct State {
     orphans: lifecycle::Orphans,
     policy_dir: Option<PolicyDir>,
     api: ApiState,
+    recovery: recovery::Recovery,
     counters: Counters,
     started: Instant,
     /// Seconds ticked (paces the once-every-few-seconds work).
@@ -174,9 +182,11 @@ impl State {
     fn on_tick(&mut self, reader: &mut EventReader) {
         // Drain first: a task ends only after its events are in.
         self.drain(reader);
+        self.rescan_if_cgroup_events_lost();
         self.end_tasks(true);
         let now = Instant::now();
-        let acts = self.attr.sweep(now, Duration::from_secs(120));
+        self.attr.set_watch_delivers(self.api.delivers(), now);
+        let acts = self.attr.sweep(now, self.ctx.pending_grace);
         self.execute(acts);
         let engine = &self.engine;
         self.attr.pods.expire(now, Duration::from_secs(120), |uid| {
@@ -197,6 +207,9 @@ impl State {
         }
         if self.seconds % 5 == 2 {
             self.checkpoint_tasks();
+        }
+        if self.seconds % 10 == 7 {
+            self.release_unowned_trace_entries();
         }
         self.seconds += 1;
         // Pods never listed (API server down since start): the tasks that

@@ -9,16 +9,17 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use roar_node_common::{event::EventKind, loss};
+use roar_node_common::event::EventKind;
 use serde::Serialize;
 
 use super::State;
 use crate::{
     observability::{
-        Metrics, cause,
+        Metrics,
         metrics::{gauge_value, observe_total},
         queue,
     },
+    probes::LossCause,
     records::Clock,
 };
 
@@ -73,13 +74,15 @@ impl RecordThreads {
 }
 
 /// Everything the daemon reports, at one instant.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub(super) struct Report {
     time: f64,
     /// Ring-buffer records read.
     events: u64,
     events_by_kind: BTreeMap<&'static str, u64>,
-    undecodable: u64,
+    /// Events lost before reaching their task, over all tasks, by
+    /// [`LossCause`] name (records say the same per task).
+    lost_by_cause: BTreeMap<&'static str, u64>,
     pub(super) attribution: AttributionReport,
     pub(super) tasks: TasksReport,
     spool: SpoolReport,
@@ -93,23 +96,41 @@ pub(super) struct Report {
     api_reachable: bool,
     watch_healthy: bool,
     watch_errors: u64,
+    /// The test-only hold is holding the pod watch's events back.
+    watch_held: bool,
     /// The kernel's counters that are not zero, by name (all of them reach
-    /// /metrics: the loss counters as `events_lost_total{cause}`).
+    /// /metrics as `kernel_counters_total{counter}`, the losses also as
+    /// `events_lost_total{cause}`).
     #[serde(serialize_with = "nonzero")]
     kernel_counters: BTreeMap<&'static str, u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub(super) struct AttributionReport {
     before_resolution: u64,
     ignored: u64,
+    /// Every event of a traced cgroup that reached no task (the three
+    /// below, added up).
     pub(super) unattributed: u64,
+    /// Of those: events of a cgroup attribution did not know.
+    unknown_cgroup: u64,
+    /// Events of containers that never resolved, dropped with their task.
+    never_resolved: u64,
+    /// Events that came after their task's record was started.
+    after_task_ended: u64,
     waiting: u64,
+    /// Cgroups found again after their creation or removal event was lost,
+    /// or traced with no task owning them.
+    recovered: u64,
+    /// Walks of the cgroup tree because cgroup events were lost.
+    rescans: u64,
+    /// Trace-set entries no task owned, released.
+    trace_set_released: u64,
     /// Container cgroups waiting for their identity, by path.
     pending: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub(super) struct TasksReport {
     active: usize,
     resolved: u64,
@@ -119,7 +140,7 @@ pub(super) struct TasksReport {
     record_errors: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct SpoolReport {
     undelivered: usize,
     open_tasks: usize,
@@ -131,20 +152,20 @@ struct SpoolReport {
     delivery_errors: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct HashingReport {
     bytes: u64,
     files: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct PolicyReport {
     in_force: String,
     generation: u64,
     errors: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct ProbesReport {
     adopted: bool,
     pinned: bool,
@@ -164,6 +185,22 @@ impl State {
         let spool = self.spool.lock();
         let engine = &self.engine.stats;
         let attr = &self.attr.stats;
+        let kernel = self.probes.stats.read();
+        let mut lost_by_cause: BTreeMap<&'static str, u64> = kernel
+            .lost_by_cause()
+            .into_iter()
+            .map(|(c, n)| (c.name(), n))
+            .collect();
+        lost_by_cause.insert(LossCause::Undecodable.name(), engine.undecodable_total());
+        let never_resolved = load(&rt.unattributed);
+        let mut queues = BTreeMap::from([
+            (queue::POD_EVENTS, pod_events as u64),
+            (queue::HASH_JOBS, self.ctx.pool.depth()),
+            (queue::PENDING_EVENTS, attr.waiting),
+        ]);
+        if let Some(fill) = &self.probes.ring_fill {
+            queues.insert(queue::RING_BUFFER_UNREAD_BYTES, fill.unread_bytes());
+        }
         Report {
             time: Clock::new().wall(Clock::now_boot_ns()),
             events: engine.ring_buffer_records,
@@ -171,12 +208,18 @@ impl State {
                 .iter()
                 .map(|k| (k.name(), engine.by_kind[*k as usize]))
                 .collect(),
-            undecodable: engine.undecodable_total(),
+            lost_by_cause,
             attribution: AttributionReport {
                 before_resolution: attr.before_resolution,
                 ignored: attr.ignored,
-                unattributed: attr.unattributed + load(&rt.unattributed),
+                unattributed: attr.unattributed + never_resolved + engine.unattributed,
+                unknown_cgroup: attr.unattributed,
+                never_resolved,
+                after_task_ended: engine.unattributed,
                 waiting: attr.waiting,
+                recovered: self.recovery.recovered,
+                rescans: self.recovery.rescans,
+                trace_set_released: self.recovery.released,
                 pending: self.attr.pending(),
             },
             tasks: TasksReport {
@@ -197,11 +240,7 @@ impl State {
                 redelivered: load(&dstats.redelivered),
                 delivery_errors: load(&dstats.errors),
             },
-            queues: BTreeMap::from([
-                (queue::POD_EVENTS, pod_events as u64),
-                (queue::HASH_JOBS, self.ctx.pool.depth()),
-                (queue::PENDING_EVENTS, attr.waiting),
-            ]),
+            queues,
             hashing: HashingReport {
                 bytes: load(&self.ctx.pool.stats.bytes),
                 files: load(&self.ctx.pool.stats.files),
@@ -222,7 +261,8 @@ impl State {
             api_reachable: self.api.reachable,
             watch_healthy: self.api.watch_healthy,
             watch_errors: self.api.watch_errors,
-            kernel_counters: self.probes.stats.read().named().into_iter().collect(),
+            watch_held: self.api.held.load(Ordering::Relaxed),
+            kernel_counters: kernel.named().into_iter().collect(),
         }
     }
 }
@@ -233,16 +273,21 @@ impl Report {
         for (kind, n) in &self.events_by_kind {
             m.observe_events(*kind, *n);
         }
-        for (i, name) in (0..loss::STATS_LEN).filter_map(|i| Some((i, loss::stat_name(i)?))) {
-            if loss::is_loss(i) {
-                m.observe_lost(name, self.kernel_counters.get(name).copied().unwrap_or(0));
-            }
+        for (cause, n) in &self.lost_by_cause {
+            m.observe_lost(*cause, *n);
         }
-        m.observe_lost(cause::UNDECODABLE, self.undecodable);
+        for (name, n) in &self.kernel_counters {
+            m.observe_kernel_counter(name, *n);
+        }
         observe_total(&m.unattributed_events, self.attribution.unattributed);
         observe_total(&m.ignored_events, self.attribution.ignored);
+        observe_total(&m.cgroups_recovered, self.attribution.recovered);
+        observe_total(&m.trace_set_released, self.attribution.trace_set_released);
         for (q, depth) in &self.queues {
             m.set_queue_depth(*q, *depth);
+        }
+        if !self.queues.contains_key(queue::RING_BUFFER_UNREAD_BYTES) {
+            m.forget_queue(queue::RING_BUFFER_UNREAD_BYTES);
         }
         let t = &self.tasks;
         observe_total(&m.records_emitted, t.records_written);
@@ -278,5 +323,89 @@ pub(super) fn write_stats(path: &Path, report: &Report) {
     let bytes = serde_json::to_vec_pretty(report).unwrap_or_default();
     if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)) {
         tracing::debug!(path = %path.display(), error = %e, "cannot write the stats file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use roar_node_common::loss;
+
+    use super::*;
+
+    fn series(text: &str, prefix: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Every loss cause and every kernel counter of a report reaches
+    /// /metrics under the name records use, with its value; so does every
+    /// way an event can end up unattributed; an unknown ring-buffer fill
+    /// is no series rather than a 0.
+    #[test]
+    fn every_counter_of_a_report_reaches_metrics() {
+        let mut kernel = vec![0u64; loss::STATS_LEN as usize];
+        for (i, v) in kernel.iter_mut().enumerate() {
+            *v = 100 + i as u64;
+        }
+        let stats = crate::probes::KernelStats { counters: kernel };
+        let mut lost: BTreeMap<&'static str, u64> = stats
+            .lost_by_cause()
+            .into_iter()
+            .map(|(c, n)| (c.name(), n))
+            .collect();
+        lost.insert(LossCause::Undecodable.name(), 7);
+        let report = Report {
+            lost_by_cause: lost.clone(),
+            kernel_counters: stats.named().into_iter().collect(),
+            attribution: AttributionReport {
+                unattributed: 3 + 4 + 5,
+                unknown_cgroup: 3,
+                never_resolved: 4,
+                after_task_ended: 5,
+                recovered: 6,
+                trace_set_released: 8,
+                ..Default::default()
+            },
+            queues: BTreeMap::from([(queue::RING_BUFFER_UNREAD_BYTES, 4096)]),
+            ..Default::default()
+        };
+        let m = Metrics::new("0");
+        report.publish(&m);
+        let text = m.encode();
+        for c in LossCause::ALL {
+            let want = lost[c.name()];
+            assert!(want > 0);
+            let got = series(
+                &text,
+                &format!("roar_node_events_lost_total{{cause=\"{}\"}}", c.name()),
+            );
+            assert_eq!(got, Some(want), "{}", c.name());
+        }
+        for (name, v) in stats.named() {
+            let got = series(
+                &text,
+                &format!("roar_node_kernel_counters_total{{counter=\"{name}\"}}"),
+            );
+            assert_eq!(got, Some(v), "{name}");
+        }
+        assert_eq!(
+            series(&text, "roar_node_unattributed_events_total"),
+            Some(12)
+        );
+        assert_eq!(series(&text, "roar_node_cgroups_recovered_total"), Some(6));
+        assert_eq!(series(&text, "roar_node_trace_set_released_total"), Some(8));
+        assert_eq!(
+            series(
+                &text,
+                "roar_node_queue_depth{queue=\"ring_buffer_unread_bytes\"}"
+            ),
+            Some(4096)
+        );
+        let unknown = Report::default();
+        unknown.publish(&m);
+        assert!(
+            !m.encode().contains("queue=\"ring_buffer_unread_bytes\""),
+            "an unknown fill must not read as 0"
+        );
     }
 }

@@ -25,6 +25,9 @@ impl State {
                 self.execute(acts);
                 return;
             }
+            if !self.attr.knows(ev.task) {
+                self.recover_unknown(ev.task);
+            }
             match self.attr.route(&ev) {
                 Route::Task => {
                     self.engine.apply(&ev);

@@ -98,7 +98,12 @@ pub(super) async fn start(
     );
 
     let (tx, pod_rx) = mpsc::channel(1024);
-    watch::spawn_pod_watch(client, config.node_name.clone(), tx);
+    let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hold = config.test_hold_pod_watch.clone().map(|file| watch::Hold {
+        file,
+        held: held.clone(),
+    });
+    watch::spawn_pod_watch(client, config.node_name.clone(), tx, hold);
     let parts = Parts {
         cgroot: cgroot.clone(),
         capture,
@@ -108,6 +113,7 @@ pub(super) async fn start(
         orphans,
         policy_dir,
         api_reachable,
+        watch_held: held,
         recovered_damage: (recovered.corrupt_entries, recovered.torn_bytes),
     };
     let (mut state, reader) = State::new(config, parts);
@@ -141,6 +147,7 @@ struct Parts {
     orphans: Orphans,
     policy_dir: Option<PolicyDir>,
     api_reachable: bool,
+    watch_held: Arc<std::sync::atomic::AtomicBool>,
     /// Damaged entries and torn bytes found in the spool.
     recovered_damage: (u64, u64),
 }
@@ -160,6 +167,7 @@ impl State {
                 node: config.node_name.clone(),
                 grace: config.grace,
                 status_wait: config.status_wait,
+                pending_grace: config.pending_grace,
                 trace_flags: if config.no_suppress {
                     TRACE_NO_SUPPRESS
                 } else {
@@ -179,8 +187,10 @@ impl State {
             api: ApiState {
                 reachable: p.api_reachable,
                 watch_healthy: p.api_reachable,
+                held: p.watch_held,
                 ..ApiState::default()
             },
+            recovery: Default::default(),
             counters: Counters {
                 spool_damaged: p.recovered_damage.0,
                 spool_torn_bytes: p.recovered_damage.1,

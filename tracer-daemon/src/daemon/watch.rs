@@ -1,7 +1,15 @@
 //! What the daemon watches besides the kernel: the pods of its node (one
 //! list+watch through the API server) and the policy ConfigMap.
 
-use std::{collections::HashSet, path::Path, time::Instant};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -22,7 +30,8 @@ use crate::{
 /// A pod watch event, reduced to what the loop needs.
 pub(super) enum PodEvent {
     Apply(PodInfo),
-    Delete(String),
+    /// The pod's UID and its final state (`None` without a usable object).
+    Delete(String, Option<PodInfo>),
     /// A (re-)list finished: these UIDs exist.
     Listed(HashSet<String>),
     Error(String),
@@ -38,6 +47,35 @@ pub(super) struct ApiState {
     /// The first pod list is in.
     pub(super) listed_once: bool,
     pub(super) watch_errors: u64,
+    /// The test-only hold (`--test-hold-pod-watch`) is holding the watch's
+    /// events back.
+    pub(super) held: Arc<AtomicBool>,
+}
+
+impl ApiState {
+    /// The watch delivers: listed, healthy and not held.
+    pub(super) fn delivers(&self) -> bool {
+        self.listed_once && self.watch_healthy && !self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// A test-only knob: while `file` exists, the watch's events are held back
+/// (the watch is not read), as a watch lagging behind the kubelet would
+/// hold them; `held` says so (in the stats). The cluster tests use it to
+/// make a container's cgroup appear before its pod is known.
+pub(super) struct Hold {
+    pub(super) file: PathBuf,
+    pub(super) held: Arc<AtomicBool>,
+}
+
+impl Hold {
+    async fn wait(&self) {
+        while self.file.exists() {
+            self.held.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.held.store(false, Ordering::Relaxed);
+    }
 }
 
 pub(super) async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
@@ -75,7 +113,12 @@ pub(super) async fn api_reachable(client: &Client, node: &str) -> bool {
 
 /// One list+watch of the pods on `node`, forwarded to the loop. Restarts
 /// with backoff on errors (each restart re-lists).
-pub(super) fn spawn_pod_watch(client: Client, node: String, tx: mpsc::Sender<PodEvent>) {
+pub(super) fn spawn_pod_watch(
+    client: Client,
+    node: String,
+    tx: mpsc::Sender<PodEvent>,
+    hold: Option<Hold>,
+) {
     tokio::spawn(async move {
         let api: Api<Pod> = Api::all(client);
         let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
@@ -92,8 +135,8 @@ pub(super) fn spawn_pod_watch(client: Client, node: String, tx: mpsc::Sender<Pod
                         None => continue,
                     }
                 }
-                Ok(watcher::Event::Delete(p)) => match p.metadata.uid {
-                    Some(uid) => PodEvent::Delete(uid),
+                Ok(watcher::Event::Delete(p)) => match p.metadata.uid.clone() {
+                    Some(uid) => PodEvent::Delete(uid, PodInfo::from_pod(&p)),
                     None => continue,
                 },
                 Ok(watcher::Event::Init) => {
@@ -103,6 +146,9 @@ pub(super) fn spawn_pod_watch(client: Client, node: String, tx: mpsc::Sender<Pod
                 Ok(watcher::Event::InitDone) => PodEvent::Listed(std::mem::take(&mut listing)),
                 Err(e) => PodEvent::Error(e.to_string()),
             };
+            if let Some(h) = &hold {
+                h.wait().await;
+            }
             if tx.send(msg).await.is_err() {
                 return;
             }
@@ -120,7 +166,7 @@ impl State {
         }
         let acts = match msg {
             PodEvent::Apply(p) => self.attr.on_pod(p),
-            PodEvent::Delete(uid) => self.attr.on_pod_deleted(&uid, now),
+            PodEvent::Delete(uid, last) => self.attr.on_pod_deleted(&uid, last, now),
             PodEvent::Listed(uids) => {
                 if !self.api.listed_once {
                     self.api.listed_once = true;
@@ -133,7 +179,7 @@ impl State {
                 }
                 let gone = self.attr.pods.uids_not_in(&uids);
                 gone.iter()
-                    .flat_map(|uid| self.attr.on_pod_deleted(uid, now))
+                    .flat_map(|uid| self.attr.on_pod_deleted(uid, None, now))
                     .collect()
             }
             PodEvent::Error(e) => {

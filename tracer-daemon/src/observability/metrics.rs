@@ -15,7 +15,9 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::{Registry, Unit},
 };
-use roar_node_common::event::EventKind;
+use roar_node_common::{event::EventKind, loss};
+
+use crate::probes::LossCause;
 
 /// Every family is exported under this prefix (`roar_node_events_total`).
 pub(crate) const PREFIX: &str = "roar_node";
@@ -31,10 +33,17 @@ pub(crate) struct KindLabel {
     pub(crate) kind: Cow<'static, str>,
 }
 
-/// `cause` label of `events_lost_total`.
+/// `cause` label of `events_lost_total`: a [`LossCause`] name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CauseLabel {
     pub(crate) cause: Cow<'static, str>,
+}
+
+/// `counter` label of `kernel_counters_total`: the kernel counter's name,
+/// as records' `kernel_counters` spell it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CounterLabel {
+    pub(crate) counter: Cow<'static, str>,
 }
 
 /// `queue` label of `queue_depth`.
@@ -92,24 +101,6 @@ pub(crate) mod queue {
     // here, so a dashboard cannot pick the wrong one of two equal series.
 }
 
-/// Loss causes under `events_lost_total{cause=...}`: the record's
-/// `lost_by_cause` names, with the kernel's reserve failures split by why.
-pub(crate) mod cause {
-    /// The ring buffer had no room for the event (per-CPU counters, every
-    /// kind summed).
-    pub(crate) const KERNEL_RING_BUFFER_FULL: &str = "kernel_ring_buffer_full";
-    /// The program had no scratch space to build the event.
-    pub(crate) const KERNEL_SCRATCH_UNAVAILABLE: &str = "kernel_scratch_unavailable";
-    /// Read from the ring buffer but rejected by the decoder.
-    pub(crate) const UNDECODABLE: &str = "undecodable";
-
-    pub(crate) const ALL: [&str; 3] = [
-        KERNEL_RING_BUFFER_FULL,
-        KERNEL_SCRATCH_UNAVAILABLE,
-        UNDECODABLE,
-    ];
-}
-
 /// Every metric the daemon exports. Fields are handles (`Arc` inside):
 /// clone one into a thread or task and update it there; [`Metrics::encode`]
 /// sees the change.
@@ -122,16 +113,25 @@ pub(crate) struct Metrics {
     /// at 0, so `rate()` works before the first event.
     pub(crate) events: Family<KindLabel, Counter>,
     /// `events_lost_total{cause}`: events the kernel could not deliver or
-    /// the decoder rejected (mirrored from the kernel's per-CPU counters).
-    /// The [`cause`] names exist from the start at 0, so an alert on
-    /// `increase()` sees the first loss; observe any other cause every
-    /// tick, zeros included, for the same reason.
+    /// the decoder rejected (mirrored from the kernel's per-CPU counters),
+    /// by [`LossCause`], the names records use in `lost_by_cause`. Every
+    /// cause exists from the start at 0, so an alert on `increase()` sees
+    /// the first loss.
     pub(crate) events_lost: Family<CauseLabel, Counter>,
+    /// `kernel_counters_total{counter}`: every counter the eBPF programs
+    /// keep (losses by kind, suppressed repeats, forced wakeups, ...), by
+    /// the names records use in `kernel_counters`.
+    pub(crate) kernel_counters: Family<CounterLabel, Counter>,
     /// Events of traced cgroups that never resolved to a task: nonzero means
     /// some task's record is missing things.
     pub(crate) unattributed_events: Counter,
     /// Events of cgroups that resolved to a container not opted in.
     pub(crate) ignored_events: Counter,
+    /// Cgroups found again after the kernel lost their creation or removal
+    /// event, or traced with no task owning them.
+    pub(crate) cgroups_recovered: Counter,
+    /// Trace-set entries no task owned, released.
+    pub(crate) trace_set_released: Counter,
     /// `queue_depth{queue}`: see [`queue`] for the names (all present from
     /// the start).
     pub(crate) queue_depth: Family<QueueLabel, Gauge>,
@@ -175,8 +175,11 @@ impl Metrics {
             registry: Registry::with_prefix(PREFIX),
             events: Family::default(),
             events_lost: Family::default(),
+            kernel_counters: Family::default(),
             unattributed_events: Counter::default(),
             ignored_events: Counter::default(),
+            cgroups_recovered: Counter::default(),
+            trace_set_released: Counter::default(),
             queue_depth: Family::default(),
             records_emitted: Counter::default(),
             records_pending: Gauge::default(),
@@ -200,10 +203,20 @@ impl Metrics {
         for kind in EventKind::ALL {
             let _ = m.events.get_or_create(&KindLabel::new(kind.name()));
         }
-        for c in cause::ALL {
-            let _ = m.events_lost.get_or_create(&CauseLabel::new(c));
+        for c in LossCause::ALL {
+            let _ = m.events_lost.get_or_create(&CauseLabel::new(c.name()));
         }
-        for q in queue::ALL {
+        for name in (0..loss::STATS_LEN).filter_map(loss::stat_name) {
+            let _ = m.kernel_counters.get_or_create(&CounterLabel {
+                counter: Cow::Borrowed(name),
+            });
+        }
+        // Not the ring buffer's fill: it exists once it is known (a 0
+        // would say "empty").
+        for q in queue::ALL
+            .into_iter()
+            .filter(|q| *q != queue::RING_BUFFER_UNREAD_BYTES)
+        {
             let _ = m.queue_depth.get_or_create(&QueueLabel::new(q));
         }
         m.register_event_families();
@@ -235,6 +248,11 @@ impl Metrics {
             self.events_lost.clone(),
         );
         self.registry.register(
+            "kernel_counters",
+            "Counters of the eBPF programs (losses by event kind, suppressed repeat opens, ...), by name",
+            self.kernel_counters.clone(),
+        );
+        self.registry.register(
             "unattributed_events",
             "Events of traced cgroups that never resolved to a task",
             self.unattributed_events.clone(),
@@ -243,6 +261,16 @@ impl Metrics {
             "ignored_events",
             "Events of cgroups that resolved to containers not opted in",
             self.ignored_events.clone(),
+        );
+        self.registry.register(
+            "cgroups_recovered",
+            "Cgroups found again after the kernel lost their creation or removal event",
+            self.cgroups_recovered.clone(),
+        );
+        self.registry.register(
+            "trace_set_released",
+            "Kernel trace-set entries no task owned, released",
+            self.trace_set_released.clone(),
         );
         self.registry.register(
             "queue_depth",
@@ -350,6 +378,20 @@ impl Metrics {
         observe_family_total(&self.events_lost, &CauseLabel::new(cause), total);
     }
 
+    /// Mirrors a kernel counter (see [`observe_total`]).
+    pub(crate) fn observe_kernel_counter(&self, name: &'static str, total: u64) {
+        let label = CounterLabel {
+            counter: Cow::Borrowed(name),
+        };
+        observe_family_total(&self.kernel_counters, &label, total);
+    }
+
+    /// Drops a queue's series: its depth cannot be known (a gauge stuck at
+    /// 0 would say "empty").
+    pub(crate) fn forget_queue(&self, queue: &'static str) {
+        self.queue_depth.remove(&QueueLabel::new(queue));
+    }
+
     pub(crate) fn set_queue_depth(&self, queue: impl Into<Cow<'static, str>>, depth: u64) {
         self.queue_depth
             .get_or_create(&QueueLabel::new(queue))
@@ -400,8 +442,11 @@ mod tests {
         for (name, ty) in [
             ("events", "counter"),
             ("events_lost", "counter"),
+            ("kernel_counters", "counter"),
             ("unattributed_events", "counter"),
             ("ignored_events", "counter"),
+            ("cgroups_recovered", "counter"),
+            ("trace_set_released", "counter"),
             ("queue_depth", "gauge"),
             ("records_emitted", "counter"),
             ("records_pending", "gauge"),
@@ -444,10 +489,16 @@ mod tests {
         for kind in EventKind::ALL {
             zero("events_total", "kind", kind.name());
         }
-        for c in cause::ALL {
-            zero("events_lost_total", "cause", c);
+        for c in LossCause::ALL {
+            zero("events_lost_total", "cause", c.name());
         }
-        for q in queue::ALL {
+        for name in (0..loss::STATS_LEN).filter_map(loss::stat_name) {
+            zero("kernel_counters_total", "counter", name);
+        }
+        for q in queue::ALL
+            .into_iter()
+            .filter(|q| *q != queue::RING_BUFFER_UNREAD_BYTES)
+        {
             zero("queue_depth", "queue", q);
         }
     }

@@ -14,7 +14,7 @@ pub(crate) mod metrics;
 pub(crate) mod server;
 
 pub(crate) use health::{DEFAULT_STALENESS, Health};
-pub(crate) use metrics::{Metrics, cause, queue};
+pub(crate) use metrics::{Metrics, queue};
 pub(crate) use server::serve;
 
 /// Where the DaemonSet serves /metrics, /healthz and /readyz (its

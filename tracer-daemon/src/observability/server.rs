@@ -293,8 +293,8 @@ mod tests {
     async fn metrics_are_openmetrics_with_values() {
         let (addr, m, _h, task) = start(Health::default()).await;
         m.observe_events("open", 42);
-        m.observe_lost(crate::observability::cause::KERNEL_RING_BUFFER_FULL, 3);
-        m.observe_lost(crate::observability::cause::KERNEL_RING_BUFFER_FULL, 1);
+        m.observe_lost(crate::probes::LossCause::KernelRingBufferFull.name(), 3);
+        m.observe_lost(crate::probes::LossCause::KernelRingBufferFull.name(), 1);
         m.set_queue_depth(queue::RING_BUFFER_UNREAD_BYTES, 4096);
         m.records_emitted.inc();
         m.tasks_started.inc_by(2);

@@ -3,8 +3,11 @@
 //! rest of the daemon uses (trace filter, loss counters, ring buffer).
 
 mod btf;
+#[cfg(test)]
+mod kernel_tests;
 mod pins;
 pub(crate) mod preflight;
+mod ring_fill;
 mod stats;
 mod syscall_exit_layout;
 mod traced;
@@ -23,7 +26,8 @@ use roar_node_common::{offsets::TracerConfig, syscalls};
 
 pub(crate) use self::{
     btf::KernelBtf,
-    stats::{KernelStats, StatsReader},
+    ring_fill::RingFill,
+    stats::{KernelStats, LossCause, StatsReader},
     traced::TracedCgroups,
 };
 
@@ -108,6 +112,8 @@ pub(crate) struct Probes {
     _ebpf: Option<Ebpf>,
     /// The ring buffer, until `take_events` (adopted: from its pin).
     events: Option<Map>,
+    /// Its producer and consumer positions, once `take_events` ran.
+    pub(crate) ring_fill: Option<RingFill>,
     pub(crate) traced: TracedCgroups,
     pub(crate) stats: StatsReader,
     pub(crate) options: ProbeOptions,
@@ -155,6 +161,7 @@ impl Probes {
             return Ok(Self {
                 _ebpf: None,
                 events: Some(a.events),
+                ring_fill: None,
                 traced: TracedCgroups::from_map(a.traced)?,
                 stats: StatsReader::from_map(a.stats)?,
                 options,
@@ -185,6 +192,7 @@ impl Probes {
         Ok(Self {
             _ebpf: Some(ebpf),
             events,
+            ring_fill: None,
             traced,
             stats,
             options,
@@ -236,9 +244,16 @@ impl Probes {
         }
     }
 
-    /// The ring buffer, for the one consumer.
+    /// The ring buffer, for the one consumer. A view of how full it is
+    /// stays here (`ring_fill`; `None`, said in the log, if its pages
+    /// cannot be mapped).
     pub(crate) fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self.events.take().ok_or(ProbeError::MissingMap("EVENTS"))?;
+        if let Map::RingBuf(data) = &map {
+            self.ring_fill = RingFill::new(data.fd())
+                .map_err(|e| tracing::warn!(error = %e, "cannot map the ring buffer's positions: its unread bytes are not reported"))
+                .ok();
+        }
         RingBuf::try_from(map).map_err(|source| ProbeError::Map {
             map: "EVENTS",
             source,

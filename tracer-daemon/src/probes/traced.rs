@@ -37,9 +37,25 @@ impl TracedCgroups {
         self.map.insert(cgroup, entry, BPF_ANY)
     }
 
+    /// Inserts an entry as is (tests fill the map with it).
+    #[cfg(test)]
+    pub(crate) fn insert_raw(&mut self, cgroup: u64, entry: TracedCgroup) -> Result<(), MapError> {
+        self.map.insert(cgroup, entry, BPF_ANY)
+    }
+
     /// The task's entry (its epoch and kernel-side loss count).
     pub(crate) fn get(&self, cgroup: u64) -> Option<TracedCgroup> {
         self.map.get(&cgroup, 0).ok()
+    }
+
+    /// Every entry (the map holds at most 16 Ki).
+    pub(crate) fn entries(&self) -> Vec<(u64, TracedCgroup)> {
+        self.map.iter().filter_map(|kv| kv.ok()).collect()
+    }
+
+    /// Removes one entry, whatever it is.
+    pub(crate) fn remove(&mut self, id: u64) {
+        let _ = self.map.remove(&id);
     }
 
     /// Stops tracing a task: removes its root and every descendant the

@@ -7,13 +7,18 @@
 //! after the task ended). Both go through [`UnnamedRecord::name`], the one
 //! place that writes roar's identity fields and keys.
 
+mod k8s;
+mod osmo;
+
+pub(crate) use self::osmo::{ctrl_exit_code, osmo_exec_started_a_command};
+
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
 use super::{Clock, Record, Summary, encoding::Encoder, fragment::ArtifactRef, fragment::Fragment};
 use crate::{
-    attribution::{Role, TaskMeta, pods::PodInfo, policy::is_osmo},
+    attribution::{Role, TaskMeta, osmo as attr_osmo, pods::PodInfo, policy::is_osmo},
     probes::KernelStats,
     proto as pb,
     tasks::{Process, ProcessTree, process},
@@ -77,18 +82,28 @@ pub(crate) struct PodTask {
 pub(crate) enum PartialReason {
     EndedWhileDown,
     RestartGap,
+    NoProcessSeen,
     StartedBeforeAgent,
     EventsLost,
 }
 
 impl PartialReason {
     /// What a pod task's capture missed, if anything (events lost are
-    /// added later: they are the least telling).
-    fn of_pod_task(ended_while_down: bool, gaps: &[pb::Gap], meta: &TaskMeta) -> Option<Self> {
+    /// added later: they are the least telling). A container's command is
+    /// always an exec in its cgroup: a record without one missed it.
+    fn of_pod_task(
+        ended_while_down: bool,
+        gaps: &[pb::Gap],
+        meta: &TaskMeta,
+        procs: &ProcessTree,
+    ) -> Option<Self> {
+        let exec_seen = procs.iter().any(|p| p.exe.is_some() || !p.argv.is_empty());
         if ended_while_down {
             Some(PartialReason::EndedWhileDown)
         } else if !gaps.is_empty() {
             Some(PartialReason::RestartGap)
+        } else if !exec_seen {
+            Some(PartialReason::NoProcessSeen)
         } else if meta.started_before_agent {
             Some(PartialReason::StartedBeforeAgent)
         } else {
@@ -104,6 +119,9 @@ impl PartialReason {
             PartialReason::RestartGap => {
                 "roar-node restarted while the task ran: events in the gaps are missing"
             }
+            PartialReason::NoProcessSeen => {
+                "no process of the container was seen: it ran before roar-node could trace it (its pod was not known yet), or it failed before its command started"
+            }
             PartialReason::StartedBeforeAgent => {
                 "the container was running before roar-node traced it: earlier processes and files are missing"
             }
@@ -116,6 +134,9 @@ impl PartialReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ExitCodeSource {
     ContainerStatus,
+    /// An OSMO user container whose command never ran because osmo-ctrl
+    /// failed: OSMO's task exit code (2000 + osmo-ctrl's).
+    OsmoCtrlFailed,
     /// The pod was known but its status did not say in time.
     KernelNoStatus,
     KernelPodGone,
@@ -125,6 +146,9 @@ impl ExitCodeSource {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             ExitCodeSource::ContainerStatus => "container_status",
+            ExitCodeSource::OsmoCtrlFailed => {
+                "osmo (osmo-ctrl failed before the command ran: 2000 + its exit code)"
+            }
             ExitCodeSource::KernelNoStatus => "kernel (no container status in time)",
             ExitCodeSource::KernelPodGone => "kernel (pod gone)",
         }
@@ -152,6 +176,8 @@ pub(crate) struct UnnamedRecord {
 struct Naming {
     task_id: String,
     task_name: String,
+    /// roar's parent job (`ROAR_K8S_PARENT_JOB_UID`), or "".
+    parent_job_uid: String,
     backend: &'static str,
     node: String,
     command_pid: Option<u32>,
@@ -169,7 +195,7 @@ impl UnnamedRecord {
     pub(crate) fn name(mut self, identity: TaskIdentity) -> Record {
         let naming = match identity {
             TaskIdentity::Local(l) => local_naming(l),
-            TaskIdentity::Pod(p) => pod_naming(*p, &self.processes),
+            TaskIdentity::Pod(p) => pod_naming(*p, &self.processes, &mut self.encoder),
         };
         let command = naming
             .command_pid
@@ -202,9 +228,18 @@ impl UnnamedRecord {
         mark_partial(md, partial, &naming.gaps);
         md.insert("non_utf8".into(), self.encoder.non_utf8_json());
         let started = self.first_ns.map(|t| self.clock.wall(t)).unwrap_or(0.0);
+        let job_uid = job_uid(&naming.task_id, &naming.node, self.first_ns.unwrap_or(0));
+        // Filled as roar would derive it, so every reader of the bundle
+        // (not only roar's merge) sees the identity roar merges on.
+        let task_identity = k8s::task_identity(
+            naming.backend,
+            &naming.parent_job_uid,
+            &naming.task_id,
+            &job_uid,
+        );
         let fragment = Fragment {
-            job_uid: job_uid(&naming.task_id, &naming.node, self.first_ns.unwrap_or(0)),
-            parent_job_uid: String::new(),
+            job_uid,
+            parent_job_uid: naming.parent_job_uid,
             task_id: naming.task_id,
             worker_id: String::new(),
             node_id: naming.node,
@@ -218,7 +253,7 @@ impl UnnamedRecord {
             reads: self.reads,
             writes: self.writes,
             worker_packages: None,
-            task_identity: String::new(),
+            task_identity,
             backend_metadata: self.metadata,
         };
         let mut bundle = naming.bundle;
@@ -264,6 +299,7 @@ fn local_naming(l: LocalTask) -> Naming {
     Naming {
         task_id: format!("local:{}:{}:{}", l.host, l.boot_id, l.cgroup_id),
         task_name: l.name,
+        parent_job_uid: String::new(),
         backend: "local",
         node: l.host,
         command_pid: Some(l.command_pid),
@@ -280,7 +316,7 @@ fn local_naming(l: LocalTask) -> Naming {
     }
 }
 
-fn pod_naming(p: PodTask, procs: &ProcessTree) -> Naming {
+fn pod_naming(p: PodTask, procs: &ProcessTree, enc: &mut Encoder) -> Naming {
     let PodTask {
         meta,
         pod,
@@ -291,9 +327,6 @@ fn pod_naming(p: PodTask, procs: &ProcessTree) -> Naming {
         ended_while_down,
     } = p;
     let pod = pod.as_ref();
-    // OSMO's osmo_exec runs the user's command as a child: that child is
-    // "the command" when there is one.
-    let osmo_child = osmo_command_pid(procs);
     let mut md = Map::new();
     md.insert("execution_role".into(), json!(meta.role.as_str()));
     md.insert("mode".into(), json!("daemon"));
@@ -302,9 +335,7 @@ fn pod_naming(p: PodTask, procs: &ProcessTree) -> Naming {
         "kernel_counters".into(),
         self::kernel_counters(&kernel_counters),
     );
-    if osmo_child.is_some() {
-        md.insert("command_parent".into(), json!("osmo_exec"));
-    }
+    k8s::insert_contract_keys(&mut md, &meta, pod, &node);
     if let Some(p) = pod {
         insert_pod_metadata(&mut md, p, &meta);
     }
@@ -313,10 +344,12 @@ fn pod_naming(p: PodTask, procs: &ProcessTree) -> Naming {
         json!({"id": meta.cgroup_id, "path": meta.cgroup_path}),
     );
     md.insert("traced_because".into(), json!(meta.reason.to_string()));
-    let source = match (exit_code, pod) {
-        (Some(_), _) => ExitCodeSource::ContainerStatus,
-        (None, Some(_)) => ExitCodeSource::KernelNoStatus,
-        (None, None) => ExitCodeSource::KernelPodGone,
+    let (command_pid, never_ran) = command_of(&mut md, &meta, pod, procs, enc);
+    let source = match (never_ran, exit_code, pod) {
+        (Some(_), _, _) => ExitCodeSource::OsmoCtrlFailed,
+        (None, Some(_), _) => ExitCodeSource::ContainerStatus,
+        (None, None, Some(_)) => ExitCodeSource::KernelNoStatus,
+        (None, None, None) => ExitCodeSource::KernelPodGone,
     };
     md.insert("exit_code_source".into(), json!(source.as_str()));
     let pod_name = pod.map(|p| p.name.clone()).unwrap_or_default();
@@ -328,15 +361,14 @@ fn pod_naming(p: PodTask, procs: &ProcessTree) -> Naming {
     Naming {
         task_id: meta.task_id(),
         task_name,
-        backend: if pod.is_some_and(is_osmo) {
-            "osmo"
-        } else {
-            "k8s"
-        },
+        parent_job_uid: pod
+            .map(|p| p.parent_job_uid(&meta.container))
+            .unwrap_or_default(),
+        backend: k8s::BACKEND,
         node,
-        command_pid: osmo_child.or_else(|| entrypoint_pid(procs)),
-        exit_code,
-        partial: PartialReason::of_pod_task(ended_while_down, &gaps, &meta),
+        command_pid,
+        exit_code: never_ran.map(|n| n.exit_code).or(exit_code),
+        partial: PartialReason::of_pod_task(ended_while_down, &gaps, &meta, procs),
         gaps,
         metadata: md,
         bundle: super::BundleName {
@@ -361,8 +393,44 @@ fn pod_naming(p: PodTask, procs: &ProcessTree) -> Naming {
     }
 }
 
+/// The task's command: for an OSMO user container the child of
+/// `osmo_exec` that runs the container's `-commands`/`-args` (written with
+/// osmo_exec's other children as `osmo_command`), else the container's
+/// entrypoint. Also says when an OSMO command never ran.
+fn command_of(
+    md: &mut Map<String, Value>,
+    meta: &TaskMeta,
+    pod: Option<&PodInfo>,
+    procs: &ProcessTree,
+    enc: &mut Encoder,
+) -> (Option<u32>, Option<osmo::NeverRan>) {
+    if let Some(data) = pod.filter(|p| is_osmo(p)).and_then(attr_osmo::data_map) {
+        md.insert("osmo_data".into(), data);
+    }
+    if meta.role != Role::User {
+        return (entrypoint_pid(procs), None);
+    }
+    let expected = pod
+        .and_then(|p| p.container(&meta.container))
+        .and_then(attr_osmo::user_command);
+    let Some(found) = osmo::find(procs, expected.as_deref(), enc) else {
+        return (entrypoint_pid(procs), None);
+    };
+    let (described, never_ran) = found.describe(expected.as_deref(), pod);
+    md.insert("osmo_command".into(), described);
+    match found.command_pid {
+        Some(pid) => {
+            md.insert("command_parent".into(), json!("osmo_exec"));
+            (Some(pid), None)
+        }
+        // What ran is osmo_exec itself.
+        None => (Some(found.exec_pid), never_ran),
+    }
+}
+
 fn insert_pod_metadata(md: &mut Map<String, Value>, p: &PodInfo, meta: &TaskMeta) {
     let c = p.container(&meta.container);
+    let index = p.completion_index(&meta.container);
     md.insert(
         "pod".into(),
         json!({"name": p.name, "namespace": p.namespace, "uid": p.uid, "node": p.node}),
@@ -376,6 +444,11 @@ fn insert_pod_metadata(md: &mut Map<String, Value>, p: &PodInfo, meta: &TaskMeta
             "image": c.map(|c| c.image.clone()),
             "image_resolved": c.and_then(|c| c.status_image.clone()),
             "image_digest": c.and_then(|c| c.image_id.clone()),
+            "completion_index": {
+                "value": meta.completion_index,
+                "from": index.source,
+                "rejected": index.rejected,
+            },
         }),
     );
     let osmo_labels: BTreeMap<&String, &String> = p
@@ -440,23 +513,6 @@ fn entrypoint_pid(procs: &ProcessTree) -> Option<u32> {
         .map(|p| p.tgid)
 }
 
-/// For an OSMO user container, the user's command is the child of
-/// osmo_exec (which stays PID 1): its process is "the command".
-fn osmo_command_pid(procs: &ProcessTree) -> Option<u32> {
-    let base = |b: &[u8]| b.rsplit(|c| *c == b'/').next().map(<[u8]>::to_vec);
-    let is_exec = |p: &Process| {
-        p.argv.first().and_then(|a| base(a)).as_deref() == Some(b"osmo_exec".as_slice())
-            || p.exe.as_ref().and_then(|e| base(&e.bytes)).as_deref()
-                == Some(b"osmo_exec".as_slice())
-    };
-    let exec = procs.iter().find(|p| is_exec(p))?;
-    procs
-        .iter()
-        .filter(|p| p.ppid == Some(exec.tgid) && p.tgid != exec.tgid)
-        .min_by_key(|p| (p.start_ns, p.tgid))
-        .map(|p| p.tgid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,27 +536,193 @@ mod tests {
 
     /// The shape of an OSMO user container: runc init (no exec), then
     /// osmo_exec as the entrypoint, the user command as its child.
-    #[test]
-    fn the_command_is_osmo_execs_child() {
+    fn osmo_tree(command: &[&str]) -> ProcessTree {
         let mut p = ProcessTree::new(100);
         p.fork(5, 10, false, 1);
         p.fork(10, 11, false, 2);
-        p.exec(
-            11,
-            &exec(&["/osmo/bin/osmo_exec", "/bin/sh", "-c", "x > y"]),
-            3,
-        );
+        p.exec(11, &exec(&["/osmo/bin/osmo_exec", "-commands", "x"]), 3);
         p.fork(11, 12, false, 4);
-        p.exec(12, &exec(&["/bin/sh", "-c", "x > y"]), 5);
+        p.exec(12, &exec(command), 5);
         p.fork(12, 13, false, 6);
         p.exec(13, &exec(&["x"]), 7);
-        assert_eq!(entrypoint_pid(&p), Some(11));
-        assert_eq!(osmo_command_pid(&p), Some(12));
+        p
+    }
+
+    #[test]
+    fn the_entrypoint_is_the_first_process_that_execd() {
+        assert_eq!(entrypoint_pid(&osmo_tree(&["/bin/sh"])), Some(11));
         let mut plain = ProcessTree::new(100);
         plain.fork(5, 10, false, 1);
         plain.exec(10, &exec(&["/bin/sh", "-c", "x"]), 2);
         assert_eq!(entrypoint_pid(&plain), Some(10));
-        assert_eq!(osmo_command_pid(&plain), None);
+    }
+
+    fn unnamed(processes: ProcessTree) -> UnnamedRecord {
+        let mut md = Map::new();
+        md.insert("capture".into(), json!({"partial": false}));
+        UnnamedRecord {
+            reads: Vec::new(),
+            writes: Vec::new(),
+            metadata: md,
+            encoder: Encoder::default(),
+            processes,
+            first_ns: Some(1),
+            last_ns: Some(2),
+            lost: false,
+            summary: Summary::default(),
+            clock: Clock::new(),
+        }
+    }
+
+    /// The fixture pod (OSMO's shapes), its user container resolved.
+    fn osmo_task(pod: &PodInfo, container: &str) -> PodTask {
+        let c = pod.container(container).unwrap();
+        let meta = TaskMeta {
+            cgroup_id: 14,
+            cgroup_path: "/kubepods/x".into(),
+            pod_uid: pod.uid.clone(),
+            container: container.into(),
+            container_id: c.runs[0].container_id.clone(),
+            restart_count: 0,
+            completion_index: pod.completion_index(container).value,
+            role: crate::attribution::policy::container_role(pod, container).unwrap(),
+            reason: crate::attribution::TraceReason::Annotation,
+            started_before_agent: false,
+        };
+        PodTask {
+            meta,
+            pod: Some(pod.clone()),
+            exit_code: Some(0),
+            node: "node-a".into(),
+            kernel_counters: KernelStats::default(),
+            gaps: Vec::new(),
+            ended_while_down: false,
+        }
+    }
+
+    fn fixture() -> PodInfo {
+        from_json(crate::attribution::pods::tests::OSMO_POD)
+    }
+
+    fn from_json(json: &str) -> PodInfo {
+        PodInfo::from_pod(&serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    /// roar's k8s contract for a pod of an Indexed Job launched by roar:
+    /// backend k8s, flat `k8s_*` keys, the completion index in task_id and
+    /// its key, the parent job uid from the spec, the task identity roar
+    /// derives, the mount map; roar-node's own keys beside them.
+    #[test]
+    fn a_job_pod_record_follows_roars_k8s_contract() {
+        let pod = from_json(crate::attribution::pods::tests::INDEXED_JOB_POD);
+        let mut p = ProcessTree::new(100);
+        p.fork(5, 10, false, 1);
+        p.exec(10, &exec(&["python3", "shard.py"]), 2);
+        let rec = unnamed(p).name(TaskIdentity::Pod(Box::new(osmo_task(&pod, "worker"))));
+        let f = &rec.fragment;
+        let md = &f.backend_metadata;
+        assert_eq!(f.backend, "k8s");
+        assert_eq!(f.task_id, format!("{}:worker:2:0", pod.uid));
+        assert_eq!(f.parent_job_uid, "a1b2c3d4");
+        assert_eq!(
+            f.task_identity,
+            k8s::task_identity("k8s", "a1b2c3d4", &f.task_id, &f.job_uid)
+        );
+        for (k, v) in [
+            ("k8s_namespace", json!("ml")),
+            ("k8s_pod_name", json!(pod.name)),
+            ("k8s_pod_uid", json!(pod.uid)),
+            ("k8s_node_name", json!("localhost")),
+            ("k8s_container", json!("worker")),
+            ("k8s_job_name", json!("shard")),
+            ("k8s_completion_index", json!("2")),
+            ("k8s_restart_attempt", json!("0")),
+        ] {
+            assert_eq!(md[k], v, "{k}");
+        }
+        assert_eq!(
+            md["k8s_mount_map"],
+            json!([
+                {"mount_path": "/data", "uri": "gs://training-data"},
+                {"mount_path": "/ckpt", "volume": "pvc://ckpt-claim"},
+            ])
+        );
+        assert_eq!(
+            md["pod"]["uid"],
+            json!(pod.uid),
+            "roar-node's own keys stay"
+        );
+        assert_eq!(md["container"]["completion_index"]["from"], "annotation");
+        assert_eq!(md["argv"], json!(["python3", "shard.py"]));
+        assert!(md.get("osmo_command").is_none());
+        let text = serde_json::to_string(f).unwrap();
+        assert!(!text.contains("hf_not_a_real_token"), "{text}");
+    }
+
+    /// An OSMO task: backend k8s too, no parent, index 0; the user's
+    /// command is osmo_exec's child that runs -commands/-args; the data's
+    /// sources and destinations are in the record.
+    #[test]
+    fn an_osmo_user_record_names_the_users_command() {
+        let pod = fixture();
+        let expected =
+            crate::attribution::osmo::user_command(pod.container("train").unwrap()).unwrap();
+        let argv: Vec<&str> = expected.iter().map(String::as_str).collect();
+        let rec =
+            unnamed(osmo_tree(&argv)).name(TaskIdentity::Pod(Box::new(osmo_task(&pod, "train"))));
+        let f = &rec.fragment;
+        let md = &f.backend_metadata;
+        assert_eq!(f.backend, "k8s");
+        assert_eq!(f.task_id, format!("{}:train:0:0", pod.uid));
+        assert_eq!(f.parent_job_uid, "");
+        assert_eq!(
+            f.task_identity,
+            k8s::task_identity("k8s", "", &f.task_id, &f.job_uid)
+        );
+        assert_eq!(md["k8s_namespace"], "osmo-workflows");
+        assert_eq!(md["k8s_job_name"], Value::Null);
+        assert_eq!(md["k8s_completion_index"], "0");
+        assert_eq!(md["osmo"]["osmo.task_name"], "train");
+        assert_eq!(md["argv"], json!(expected));
+        assert_eq!(md["osmo_command"]["ran"], true);
+        assert_eq!(md["osmo_command"]["command_pid"], 12);
+        assert_eq!(md["command_parent"], "osmo_exec");
+        assert_eq!(
+            md["osmo_data"]["inputs"][0],
+            json!({"path": "/osmo/data/input/0", "from": "task",
+                   "url": "s3://osmo-bucket/workflows/capture-1/prepare", "regex": ".*"})
+        );
+        assert_eq!(
+            md["osmo_data"]["outputs"][0]["url"],
+            "s3://osmo-bucket/workflows/capture-1/train"
+        );
+        assert_eq!(md["osmo_data"]["checkpoints"][0]["every_seconds"], 300);
+        assert_eq!(f.exit_code, 0);
+    }
+
+    /// osmo-ctrl failed (exit 1) and osmo_exec exited 0 without a child:
+    /// not a success.
+    #[test]
+    fn an_osmo_command_that_never_ran_is_not_a_success() {
+        let mut pod = fixture();
+        let ctrl = pod
+            .containers
+            .iter_mut()
+            .find(|c| c.name == crate::attribution::policy::OSMO_CTRL)
+            .unwrap();
+        ctrl.runs[0].state = crate::attribution::pods::RunState::Terminated { exit_code: 1 };
+        let mut p = ProcessTree::new(100);
+        p.fork(5, 10, false, 1);
+        p.exec(10, &exec(&["/osmo/bin/osmo_exec", "-commands", "x"]), 2);
+        let rec = unnamed(p).name(TaskIdentity::Pod(Box::new(osmo_task(&pod, "train"))));
+        let md = &rec.fragment.backend_metadata;
+        assert_eq!(rec.fragment.exit_code, 2001);
+        assert_eq!(md["osmo_command"]["ran"], false);
+        assert_eq!(md["osmo_command"]["osmo_ctrl_exit_code"], 1);
+        assert_eq!(
+            md["exit_code_source"],
+            ExitCodeSource::OsmoCtrlFailed.as_str()
+        );
     }
 
     #[test]

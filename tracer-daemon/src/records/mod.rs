@@ -15,7 +15,10 @@ use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
 use roar_node_common::{event::EventKind, path};
 use serde_json::{Map, Value, json};
 
-pub(crate) use self::identity::{LocalTask, PodTask, TaskIdentity, TracerUsage, UnnamedRecord};
+pub(crate) use self::identity::{
+    LocalTask, PodTask, TaskIdentity, TracerUsage, UnnamedRecord, ctrl_exit_code,
+    osmo_exec_started_a_command,
+};
 use self::{
     encoding::Encoder,
     fragment::{ArtifactRef, CAPTURE_METHOD, Fragment, HASH_ALGORITHM},
@@ -101,14 +104,26 @@ pub(crate) struct FinishedTask {
 }
 
 impl CaptureFacts {
-    /// Every lost event of the task, once, by cause.
+    /// Every lost event of the task, once, by cause, named as
+    /// `events_lost_total{cause}` names them. A task's trace-set entry
+    /// tells ring-buffer losses from failed reads only: a missing scratch
+    /// buffer counts as a failed read, and a sub-cgroup the full trace set
+    /// refused as a full ring buffer (`kernel_counters` has them apart).
     fn lost_by_cause(&self) -> Value {
+        use crate::probes::LossCause;
         let read_failed = self.read_failed_in_kernel.min(self.lost_in_kernel);
-        json!({
-            "kernel_ring_buffer_full": self.lost_in_kernel - read_failed,
-            "kernel_read_failed": read_failed,
-            "undecodable": self.decode_errors,
-        })
+        let mut m = Map::new();
+        for (cause, n) in [
+            (
+                LossCause::KernelRingBufferFull,
+                self.lost_in_kernel - read_failed,
+            ),
+            (LossCause::KernelReadFailed, read_failed),
+            (LossCause::Undecodable, self.decode_errors),
+        ] {
+            m.insert(cause.name().into(), json!(n));
+        }
+        Value::Object(m)
     }
 }
 
