@@ -98,6 +98,9 @@ pub(super) struct Report {
     watch_errors: u64,
     /// The test-only hold is holding the pod watch's events back.
     watch_held: bool,
+    /// How long a removed container cgroup waits for its pod while the
+    /// watch delivers (`--pending-grace-secs`).
+    pending_grace_secs: u64,
     /// The kernel's counters that are not zero, by name (all of them reach
     /// /metrics as `kernel_counters_total{counter}`, the losses also as
     /// `events_lost_total{cause}`).
@@ -184,23 +187,7 @@ impl State {
         let dstats = &self.delivery.stats;
         let spool = self.spool.lock();
         let engine = &self.engine.stats;
-        let attr = &self.attr.stats;
         let kernel = self.probes.stats.read();
-        let mut lost_by_cause: BTreeMap<&'static str, u64> = kernel
-            .lost_by_cause()
-            .into_iter()
-            .map(|(c, n)| (c.name(), n))
-            .collect();
-        lost_by_cause.insert(LossCause::Undecodable.name(), engine.undecodable_total());
-        let never_resolved = load(&rt.unattributed);
-        let mut queues = BTreeMap::from([
-            (queue::POD_EVENTS, pod_events as u64),
-            (queue::HASH_JOBS, self.ctx.pool.depth()),
-            (queue::PENDING_EVENTS, attr.waiting),
-        ]);
-        if let Some(fill) = &self.probes.ring_fill {
-            queues.insert(queue::RING_BUFFER_UNREAD_BYTES, fill.unread_bytes());
-        }
         Report {
             time: Clock::new().wall(Clock::now_boot_ns()),
             events: engine.ring_buffer_records,
@@ -208,20 +195,8 @@ impl State {
                 .iter()
                 .map(|k| (k.name(), engine.by_kind[*k as usize]))
                 .collect(),
-            lost_by_cause,
-            attribution: AttributionReport {
-                before_resolution: attr.before_resolution,
-                ignored: attr.ignored,
-                unattributed: attr.unattributed + never_resolved + engine.unattributed,
-                unknown_cgroup: attr.unattributed,
-                never_resolved,
-                after_task_ended: engine.unattributed,
-                waiting: attr.waiting,
-                recovered: self.recovery.recovered,
-                rescans: self.recovery.rescans,
-                trace_set_released: self.recovery.released,
-                pending: self.attr.pending(),
-            },
+            lost_by_cause: self.lost_by_cause(&kernel),
+            attribution: self.attribution_report(),
             tasks: TasksReport {
                 active: self.engine.len(),
                 resolved: self.counters.tasks_started,
@@ -240,7 +215,7 @@ impl State {
                 redelivered: load(&dstats.redelivered),
                 delivery_errors: load(&dstats.errors),
             },
-            queues,
+            queues: self.queues(pod_events),
             hashing: HashingReport {
                 bytes: load(&self.ctx.pool.stats.bytes),
                 files: load(&self.ctx.pool.stats.files),
@@ -262,8 +237,61 @@ impl State {
             watch_healthy: self.api.watch_healthy,
             watch_errors: self.api.watch_errors,
             watch_held: self.api.held.load(Ordering::Relaxed),
+            pending_grace_secs: self.ctx.pending_grace.as_secs(),
             kernel_counters: kernel.named().into_iter().collect(),
         }
+    }
+}
+
+impl State {
+    /// Events lost before reaching their task, over all tasks, by cause.
+    fn lost_by_cause(&self, kernel: &crate::probes::KernelStats) -> BTreeMap<&'static str, u64> {
+        let mut by: BTreeMap<&'static str, u64> = kernel
+            .lost_by_cause()
+            .into_iter()
+            .map(|(c, n)| (c.name(), n))
+            .collect();
+        by.insert(
+            LossCause::Undecodable.name(),
+            self.engine.stats.undecodable_total(),
+        );
+        by
+    }
+
+    fn attribution_report(&self) -> AttributionReport {
+        let attr = &self.attr.stats;
+        let never_resolved = self
+            .counters
+            .record_threads
+            .unattributed
+            .load(Ordering::Relaxed);
+        let after_task_ended = self.engine.stats.unattributed;
+        AttributionReport {
+            before_resolution: attr.before_resolution,
+            ignored: attr.ignored,
+            unattributed: attr.unattributed + never_resolved + after_task_ended,
+            unknown_cgroup: attr.unattributed,
+            never_resolved,
+            after_task_ended,
+            waiting: attr.waiting,
+            recovered: self.recovery.recovered,
+            rescans: self.recovery.rescans,
+            trace_set_released: self.recovery.released,
+            pending: self.attr.pending(),
+        }
+    }
+
+    /// Every queue's depth; the ring buffer's only when it is known.
+    fn queues(&self, pod_events: usize) -> BTreeMap<&'static str, u64> {
+        let mut queues = BTreeMap::from([
+            (queue::POD_EVENTS, pod_events as u64),
+            (queue::HASH_JOBS, self.ctx.pool.depth()),
+            (queue::PENDING_EVENTS, self.attr.stats.waiting),
+        ]);
+        if let Some(fill) = &self.probes.ring_fill {
+            queues.insert(queue::RING_BUFFER_UNREAD_BYTES, fill.unread_bytes());
+        }
+        queues
     }
 }
 

@@ -97,13 +97,7 @@ pub(super) async fn start(
         capture.probes.adopted,
     );
 
-    let (tx, pod_rx) = mpsc::channel(1024);
-    let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hold = config.test_hold_pod_watch.clone().map(|file| watch::Hold {
-        file,
-        held: held.clone(),
-    });
-    watch::spawn_pod_watch(client, config.node_name.clone(), tx, hold);
+    let (pod_rx, held) = start_pod_watch(config, client);
     let parts = Parts {
         cgroot: cgroot.clone(),
         capture,
@@ -135,6 +129,21 @@ pub(super) async fn start(
         reader,
         pod_rx,
     }))
+}
+
+/// The pod watch, and whether its test-only hold holds it.
+fn start_pod_watch(
+    config: &Config,
+    client: kube::Client,
+) -> (mpsc::Receiver<PodEvent>, Arc<std::sync::atomic::AtomicBool>) {
+    let (tx, pod_rx) = mpsc::channel(1024);
+    let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hold = config.test_hold_pod_watch.clone().map(|file| watch::Hold {
+        file,
+        held: held.clone(),
+    });
+    watch::spawn_pod_watch(client, config.node_name.clone(), tx, hold);
+    (pod_rx, held)
 }
 
 /// What start-up made, before it is one `State`.
