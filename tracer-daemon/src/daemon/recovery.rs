@@ -84,7 +84,9 @@ impl State {
 
     /// An event of cgroup `id`, which attribution does not know. If the
     /// kernel traces it as a root, its mkdir event was lost: it is found
-    /// and made known now.
+    /// and made known now. (Not a root: a task's late event after its
+    /// record began, counted as unattributed.) Either answer is kept for a
+    /// few seconds, so a burst of such events costs one look.
     pub(super) fn recover_unknown(&mut self, id: u64) {
         let now = Instant::now();
         if self
@@ -92,11 +94,15 @@ impl State {
             .misses
             .get(&id)
             .is_some_and(|t| now.duration_since(*t) < MISS_RETRY)
-            || !self.kernel_root(id)
         {
             return;
         }
-        match self.find_cgroup(id) {
+        let found = if self.kernel_root(id) {
+            self.find_cgroup(id)
+        } else {
+            None
+        };
+        match found {
             Some(dir) => {
                 self.recovery.misses.remove(&id);
                 self.recovery.recovered += 1;
