@@ -217,3 +217,32 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hold holds while its file exists, says so, and lets go when it
+    /// is removed.
+    #[tokio::test]
+    async fn the_hold_holds_while_its_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hold");
+        std::fs::write(&file, "").unwrap();
+        let held = Arc::new(AtomicBool::new(false));
+        let hold = Hold {
+            file: file.clone(),
+            held: held.clone(),
+        };
+        let waiting = tokio::spawn(async move { hold.wait().await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(held.load(Ordering::Relaxed));
+        assert!(!waiting.is_finished());
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!held.load(Ordering::Relaxed));
+    }
+}

@@ -153,3 +153,36 @@ fn a_full_trace_set_is_counted_and_charged_to_its_task() {
         "{named:?}"
     );
 }
+
+/// A task's losses survive the daemon's death: counted on its pinned
+/// entry while no daemon ran, they are still there when the next daemon
+/// adopts the pins and traces the task again (with other flags).
+#[test]
+fn losses_survive_a_crash_and_a_retrace() {
+    let Some((_, cg)) = setup(4096, "kt-adopt") else {
+        return;
+    };
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/roar-node-kt-{}", std::process::id()));
+    let opts = ProbeOptions {
+        ring_buffer_bytes: 4096,
+        pin_dir: Some(pins.clone()),
+        ..ProbeOptions::default()
+    };
+    let mut first = Probes::load(opts.clone()).unwrap();
+    let _ring = first.take_events().unwrap();
+    first.traced.trace(cg.id, TRACE_NO_SUPPRESS).unwrap();
+    drop(_ring);
+    drop(first);
+    run_in(
+        &cg,
+        "i=0; while [ $i -lt 300 ]; do cat /etc/hostname; i=$((i+1)); done",
+    );
+    let mut second = Probes::load(opts).unwrap();
+    assert!(second.adopted, "{:?}", second.pin_error);
+    let lost = second.traced.get(cg.id).unwrap().lost;
+    assert!(lost > 0);
+    second.traced.trace(cg.id, 0).unwrap();
+    assert_eq!(second.traced.get(cg.id).unwrap().lost, lost);
+    second.unpin();
+    assert!(!pins.exists());
+}
