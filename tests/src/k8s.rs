@@ -1,16 +1,23 @@
 //! OSMO-shaped task pods for the cluster demo (`cargo xtask run`) and the
-//! cluster end-to-end test: the three containers OSMO gives every task
-//! (`osmo-init`, `osmo-ctrl`, the user container), its `osmo.*` labels,
-//! `restartPolicy: Never`, and its data flow: osmo-ctrl "downloads" the
-//! task's input from a shared directory into `/osmo/data/input/0` before
-//! the command starts and "uploads" `/osmo/data/output` after it ends.
-//! The shared directory is a hostPath (the local cluster has no network
+//! cluster end-to-end test, in the shapes OSMO 6.4's source writes
+//! (`src/utils/job/task.py`, `kb_objects.py`): the three containers OSMO
+//! gives every task (`osmo-init`, the user container first, then
+//! `osmo-ctrl`), the user container's command `/osmo/bin/osmo_exec` with
+//! one `-commands` per command word and one `-args` per argument,
+//! osmo-ctrl's `-inputs task:<i>,<url>,<regex>` / `-outputs task:<url>`,
+//! its `osmo.*` labels (`osmo.priority` lowercase), KAI's queue labels,
+//! `pod-group-name` and `schedulerName`, the `osmo.nvidia.com/cleanup`
+//! finalizer and `restartPolicy: Never`. The data flow is OSMO's:
+//! osmo-ctrl "downloads" the inputs into `/osmo/data/input/<i>` before the
+//! command starts and "uploads" `/osmo/data/output` after it ends, from and
+//! to `file:///shared/<task>` (a hostPath: the local cluster has no network
 //! and no object store), which is what links one task's output to the next
 //! task's input.
 
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -21,6 +28,39 @@ use serde_json::{Value, json};
 /// The image with busybox and the osmo_exec stand-in.
 pub const OSMO_IMAGE: &str = "localhost/roar-e2e/osmo:1";
 
+/// OSMO's finalizer on every task pod: deleting one takes it off first
+/// (see [`osmo_delete`]).
+pub const OSMO_FINALIZER: &str = "osmo.nvidia.com/cleanup";
+
+/// The osmo-ctrl stand-in (installed by osmo-init as
+/// `/osmo/bin/osmo_ctrl`): OSMO's flags, `file://` URLs. An input that is
+/// not there fails it the way the real one fails (osmo_exec is told,
+/// `/osmo/data/socket/failed`, and runs nothing); it exits 1.
+const OSMO_CTRL_SCRIPT: &str = r#"#!/bin/sh
+set -f
+inputs=""; outputs=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -inputs) inputs="$inputs $2"; shift 2 ;;
+    -outputs) outputs="$outputs $2"; shift 2 ;;
+    -*) shift 2 ;;
+    *) break ;;
+  esac
+done
+fail() { echo "osmo-ctrl: $*" >&2; touch /osmo/data/socket/failed; exit 1; }
+for i in $inputs; do
+  rest=${i#*:}; idx=${rest%%,*}; rest=${rest#*,}; dir=${rest%%,*}; dir=${dir#file://}
+  [ -d "$dir" ] || fail "input $idx: no $dir"
+  mkdir -p "/osmo/data/input/$idx" && cp -r "$dir/." "/osmo/data/input/$idx/" || fail "input $idx"
+done
+touch /osmo/data/socket/start
+while [ ! -e /osmo/data/socket/done ]; do sleep 0.1; done
+for o in $outputs; do
+  dir=${o#task:}; dir=${dir#file://}
+  mkdir -p "$dir" && cp -r /osmo/data/output/. "$dir/"
+done
+"#;
+
 /// One OSMO task.
 #[derive(Clone, Debug)]
 pub struct OsmoTask {
@@ -30,7 +70,8 @@ pub struct OsmoTask {
     pub task_name: String,
     pub task_uuid: String,
     pub retry_id: u32,
-    /// File under the shared directory copied to /osmo/data/input/0/.
+    /// File under the shared directory whose task folder osmo-ctrl
+    /// downloads into /osmo/data/input/0/ (`-inputs task:0,...`).
     pub input: Option<String>,
     /// The user command (run by `sh -c` under osmo_exec).
     pub script: String,
@@ -38,6 +79,22 @@ pub struct OsmoTask {
     pub opt_in: bool,
     /// hostPath shared by all tasks of the workflow.
     pub shared_dir: PathBuf,
+}
+
+/// The local cluster's one node (OSMO's pods name KAI's scheduler, which
+/// the local cluster does not run: they are put on the node directly).
+pub fn local_node() -> String {
+    static NODE: OnceLock<String> = OnceLock::new();
+    NODE.get_or_init(|| {
+        kubectl_ok(
+            &kubeconfig(),
+            &["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"],
+            None,
+        )
+        .trim()
+        .to_string()
+    })
+    .clone()
 }
 
 impl OsmoTask {
@@ -51,8 +108,14 @@ impl OsmoTask {
         self.task_name.to_lowercase().replace('_', "-")
     }
 
-    pub fn pod(&self) -> Value {
-        let labels = json!({
+    /// The user's command as osmo_exec runs it: commands then args.
+    pub fn command(&self) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), self.script.clone()]
+    }
+
+    fn labels(&self) -> Value {
+        let queue = format!("osmo-pool-{}-local", self.namespace);
+        json!({
             "osmo.workflow_id": format!("{}-1", self.workflow_name),
             "osmo.workflow_uuid": self.workflow_uuid,
             "osmo.group_name": self.task_name,
@@ -60,12 +123,63 @@ impl OsmoTask {
             "osmo.task_name": self.task_name,
             "osmo.task_uuid": self.task_uuid,
             "osmo.retry_id": self.retry_id.to_string(),
-            "osmo.submitted_by": "e2e-example.com",
+            "osmo.submitted_by": "e2e",
             "osmo.pool": "local",
             "osmo.platform": "cpu",
-            "osmo.priority": "NORMAL",
+            "osmo.priority": "normal",
             "osmo.lead_container": "true",
-        });
+            "kai.scheduler/queue": queue,
+            "runai/queue": queue,
+        })
+    }
+
+    /// osmo-ctrl's arguments (`kb_objects.py` and `task.py`'s extra args).
+    fn ctrl_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-socketPath",
+            "/osmo/data/socket/data.sock",
+            "-inputPath",
+            "/osmo/data/input/",
+            "-outputPath",
+            "/osmo/data/output/",
+            "-workflow",
+        ]
+        .map(String::from)
+        .into();
+        a.push(format!("{}-1", self.workflow_name));
+        if let Some(f) = &self.input {
+            let task = f.split('/').next().unwrap_or(f);
+            a.push("-inputs".into());
+            a.push(format!("task:0,file:///shared/{task},.*"));
+        }
+        a.push("-outputs".into());
+        a.push(format!("task:file:///shared/{}", self.task_name));
+        a
+    }
+
+    /// osmo_exec's arguments (`task.py` `to_pod_container`): its own
+    /// flags, then `-commands` and `-args`.
+    fn exec_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-socketPath",
+            "/osmo/data/socket/data.sock",
+            "-userBinPath",
+            "/osmo/usr/bin",
+            "-enableRsync",
+        ]
+        .map(String::from)
+        .into();
+        let cmd = self.command();
+        for c in &cmd[..2] {
+            a.extend(["-commands".to_string(), c.clone()]);
+        }
+        for c in &cmd[2..] {
+            a.extend(["-args".to_string(), c.clone()]);
+        }
+        a
+    }
+
+    pub fn pod(&self) -> Value {
         let mut annotations = json!({"pod-group-name": self.task_uuid});
         if self.opt_in {
             annotations["roar-node/trace"] = json!("true");
@@ -75,12 +189,17 @@ impl OsmoTask {
             ("osmo-socket", "/osmo/data/socket"),
             ("osmo-input", "/osmo/data/input"),
             ("osmo-output", "/osmo/data/output"),
+            ("osmo-usr-bin", "/osmo/usr/bin"),
         ];
         let mounts: Vec<Value> = osmo_vols
             .iter()
             .map(|(n, p)| json!({"name": n, "mountPath": p}))
             .collect();
-        let mut ctrl_mounts = mounts.clone();
+        // osmo-ctrl mounts the output read-only.
+        let mut ctrl_mounts: Vec<Value> = osmo_vols
+            .iter()
+            .map(|(n, p)| json!({"name": n, "mountPath": p, "readOnly": *n == "osmo-output"}))
+            .collect();
         ctrl_mounts.push(json!({"name": "shared", "mountPath": "/shared"}));
         let mut volumes: Vec<Value> = osmo_vols
             .iter()
@@ -88,56 +207,93 @@ impl OsmoTask {
             .collect();
         volumes.push(json!({"name": "shared", "hostPath": {
             "path": self.shared_dir.to_string_lossy(), "type": "DirectoryOrCreate"}}));
-        let download = match &self.input {
-            Some(f) => format!("cp /shared/{f} /osmo/data/input/0/; "),
-            None => String::new(),
-        };
-        let ctrl = format!(
-            "mkdir -p /osmo/data/input/0 /shared/{task}; {download}\
-             touch /osmo/data/socket/start; \
-             while [ ! -e /osmo/data/socket/done ]; do sleep 0.1; done; \
-             cp -r /osmo/data/output/. /shared/{task}/",
-            task = self.task_name
-        );
+        let init = "cp /osmo_exec /osmo/bin/osmo_exec && cp /bin/busybox /osmo/usr/bin/rsync \
+                    && printf '%s' \"$0\" > /osmo/bin/osmo_ctrl && chmod 755 /osmo/bin/osmo_ctrl";
         json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
                 "name": self.pod_name(),
                 "namespace": self.namespace,
-                "labels": labels,
+                "labels": self.labels(),
                 "annotations": annotations,
+                "finalizers": [OSMO_FINALIZER],
             },
             "spec": {
                 "restartPolicy": "Never",
                 "terminationGracePeriodSeconds": 1,
+                // KAI's scheduler does not run here: the pod is put on the
+                // node directly, as KAI would.
+                "schedulerName": "kai-scheduler",
+                "nodeName": local_node(),
                 "initContainers": [{
                     "name": "osmo-init",
                     "image": OSMO_IMAGE,
                     "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", "cp /osmo_exec /osmo/bin/osmo_exec"],
+                    "command": ["/bin/sh", "-c", init, OSMO_CTRL_SCRIPT],
                     "volumeMounts": mounts,
                 }],
                 "containers": [
                     {
-                        "name": "osmo-ctrl",
-                        "image": OSMO_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": ["/bin/sh", "-c", ctrl],
-                        "volumeMounts": ctrl_mounts,
-                    },
-                    {
                         "name": self.container_name(),
                         "image": OSMO_IMAGE,
                         "imagePullPolicy": "Never",
-                        "command": ["/osmo/bin/osmo_exec", "/bin/sh", "-c", self.script],
+                        "command": ["/osmo/bin/osmo_exec"],
+                        "args": self.exec_args(),
                         "volumeMounts": mounts,
+                    },
+                    {
+                        "name": "osmo-ctrl",
+                        "image": OSMO_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["/osmo/bin/osmo_ctrl"],
+                        "args": self.ctrl_args(),
+                        "volumeMounts": ctrl_mounts,
                     },
                 ],
                 "volumes": volumes,
             },
         })
     }
+}
+
+/// Deletes an OSMO task pod as OSMO does: its cleanup finalizer off, then
+/// the pod (waiting until it is gone).
+pub fn osmo_delete(kubeconfig: &Path, ns: &str, name: &str) {
+    let _ = kubectl(kubeconfig)
+        .args(["-n", ns, "patch", "pod", name, "--type", "merge", "-p"])
+        .arg(r#"{"metadata":{"finalizers":null}}"#)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    kubectl_ok(
+        kubeconfig,
+        &["-n", ns, "delete", "pod", name, "--wait=true"],
+        None,
+    );
+}
+
+/// Deletes a test namespace (not waiting), OSMO's finalizers taken off its
+/// pods first so that it can go.
+pub fn delete_namespace(kubeconfig: &Path, ns: &str) {
+    let names = kubectl(kubeconfig)
+        .args(["-n", ns, "get", "pods", "-o", "name"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for pod in names.lines().filter(|l| !l.is_empty()) {
+        let _ = kubectl(kubeconfig)
+            .args(["-n", ns, "patch", pod, "--type", "merge", "-p"])
+            .arg(r#"{"metadata":{"finalizers":null}}"#)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = kubectl(kubeconfig)
+        .args(["delete", "namespace", ns, "--wait=false"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// kubectl from the local cluster's cache, with its kubeconfig.

@@ -175,20 +175,10 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     let restart_pod = wait_pod_done(&kc, &ns, &restart_name, timeout);
     assert_eq!(exit_code(&fail_pod, "fail"), Some(3));
     assert_eq!(exit_code(&flaky0_pod, "flaky"), Some(1));
-    // The retry: OSMO deletes the failed pod and creates a new one with
-    // the same name (a new UID) and osmo.retry_id incremented.
-    kubectl_ok(
-        &kc,
-        &[
-            "-n",
-            &ns,
-            "delete",
-            "pod",
-            &flaky0.pod_name(),
-            "--wait=true",
-        ],
-        None,
-    );
+    // The retry: OSMO deletes the failed pod (its finalizer off first) and
+    // creates a new one with the same name (a new UID) and osmo.retry_id
+    // incremented.
+    osmo_delete(&kc, &ns, &flaky0.pod_name());
     let flaky1 = flaky(1, 0);
     assert_eq!(flaky1.pod_name(), flaky0.pod_name());
     create(&kc, &flaky1.pod());
@@ -233,7 +223,8 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
         assert_eq!(user["task_id"], format!("{uid}:{}:0:0", t.container_name()));
         assert_eq!(ctrl["task_id"], format!("{uid}:osmo-ctrl:0:0"));
         assert_eq!(user["task_name"], t.task_name.as_str());
-        assert_eq!(user["backend"], "osmo");
+        // roar ingests these bundles as k8s tasks: backend k8s.
+        assert_eq!(user["backend"], "k8s");
         assert_eq!(user["exit_code"], code);
         assert_eq!(ctrl["exit_code"], 0);
         let md = &user["backend_metadata"];
@@ -393,8 +384,6 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     );
     assert!(!rows.is_empty(), "no edge produce -> consume in roar's DAG");
 
-    let _ = kubectl(&kc)
-        .args(["delete", "namespace", &ns, "--wait=false"])
-        .output();
+    delete_namespace(&kc, &ns);
     let _ = fs::remove_dir_all(&shared);
 }

@@ -129,7 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     util::roar_graph(&dir, &bundles)?;
     if !args.keep {
-        let _ = util::output(cluster::kubectl().args(["delete", "namespace", &ns, "--wait=false"]));
+        wf::delete_namespace(&kc, &ns);
     }
     eprintln!(
         "\nTo see the graph again:\n  cd {}\n  {} dag\nTo collect every bundle of the cluster:\n  cargo xtask cluster collect --out DIR && roar k8s ingest-bundles DIR",
