@@ -148,8 +148,16 @@ fn one_record(uid: &str, timeout: Duration) -> Value {
         all = bundles();
         !records_of(&all, uid).is_empty()
     });
-    // Let a duplicate, if one were coming, come.
-    std::thread::sleep(Duration::from_secs(2));
+    // Settled: the daemon has reported (after the record was there) no
+    // record being built or waiting and none undelivered in its spool, so
+    // a duplicate, if one were coming, would be here.
+    let seen_at = wall_now();
+    wait_until("the daemon has no record in flight", timeout, || {
+        let s = stats();
+        s["time"].as_f64().is_some_and(|t| t > seen_at)
+            && s["tasks"]["records_pending"] == 0
+            && s["spool"]["undelivered"] == 0
+    });
     let recs = records_of(&bundles(), uid);
     assert_eq!(recs.len(), 1, "exactly one record for {uid}: {recs:#?}");
     recs[0].1.clone()
@@ -523,7 +531,13 @@ fn kill_restart_and_api_server_outage() {
     wait_until("the task ends", Duration::from_secs(30), || {
         shared.join("outage.after").exists()
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // The daemon has closed the task while the API server is down: its
+    // record is built and waits for the pod's identity.
+    wait_until(
+        "the task's record waits for the API server",
+        Duration::from_secs(30),
+        || stats()["tasks"]["records_pending"].as_u64() >= Some(1),
+    );
     api.start();
     let rec = one_record(&outage_uid, Duration::from_secs(120));
     assert_eq!(rec["exit_code"], 0);
