@@ -373,6 +373,21 @@ impl Roar {
         self.run(dir, &["init"]);
     }
 
+    /// Runs a Python script with roar's own interpreter (roar's modules
+    /// importable); its stdout.
+    pub fn python(&self, script: &str) -> String {
+        let out = Command::new(self.venv.join("bin/python"))
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "python: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs SQL against the project's roar.db; rows as JSON arrays.
     pub fn query(&self, dir: &Path, sql: &str) -> Vec<Vec<Value>> {
         let script = "import json,sqlite3,sys\nc=sqlite3.connect('.roar/roar.db')\nprint(json.dumps([list(r) for r in c.execute(sys.argv[1])]))";

@@ -27,9 +27,44 @@ pub struct Args {
     pub cargo_args: Vec<String>,
 }
 
+/// The cluster tests (`tests/tests/k8s_*.rs`).
+pub const K8S_TESTS: [&str; 4] = [
+    "k8s_e2e",
+    "k8s_resilience",
+    "k8s_attribution",
+    "k8s_contract",
+];
+
+/// The end-to-end test targets that are not cluster tests.
+fn local_tests() -> anyhow::Result<Vec<String>> {
+    let mut v: Vec<String> = std::fs::read_dir(root().join("tests/tests"))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".rs")?
+                .to_string();
+            (!K8S_TESTS.contains(&name.as_str())).then_some(name)
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Which tests one `cargo test` runs.
+enum Targets<'a> {
+    /// Every test of the workspace.
+    All,
+    /// Every test but the end-to-end ones (`tests/`).
+    AllButEndToEnd,
+    /// These end-to-end test targets.
+    Only(&'a [&'a str]),
+}
+
 /// `cargo test --release` with the binary, roar-cli, and (for the cluster
-/// test) the cluster's kubeconfig. `only`: these test targets.
-fn cargo_test(args: &Args, k8s: bool, only: &[&str]) -> anyhow::Result<()> {
+/// tests) the cluster's kubeconfig.
+fn cargo_test(args: &Args, k8s: bool, targets: Targets<'_>) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load eBPF programs and make cgroups: run them as root");
     }
@@ -41,12 +76,18 @@ fn cargo_test(args: &Args, k8s: bool, only: &[&str]) -> anyhow::Result<()> {
         .env("ROAR_VENV", &venv)
         .arg("test")
         .arg("--release");
-    if only.is_empty() {
-        cmd.arg("--workspace");
-    } else {
-        cmd.args(["-p", "roar-node-tests"]);
-        for t in only {
-            cmd.args(["--test", t]);
+    match targets {
+        Targets::All => {
+            cmd.arg("--workspace");
+        }
+        Targets::AllButEndToEnd => {
+            cmd.args(["--workspace", "--exclude", "roar-node-tests"]);
+        }
+        Targets::Only(only) => {
+            cmd.args(["-p", "roar-node-tests"]);
+            for t in only {
+                cmd.args(["--test", t]);
+            }
         }
     }
     if k8s {
@@ -56,13 +97,25 @@ fn cargo_test(args: &Args, k8s: bool, only: &[&str]) -> anyhow::Result<()> {
     util::run(cmd.args(&args.cargo_args))
 }
 
+/// Every test; without the cluster, its tests are not run at all (they
+/// would skip, and under CI a skipped test is a failure).
+fn test_all(args: &Args, k8s: bool) -> anyhow::Result<()> {
+    if k8s {
+        return cargo_test(args, true, Targets::All);
+    }
+    cargo_test(args, false, Targets::AllButEndToEnd)?;
+    let local = local_tests()?;
+    let local: Vec<&str> = local.iter().map(String::as_str).collect();
+    cargo_test(args, false, Targets::Only(&local))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let k8s = !args.no_k8s;
     let started_cluster = k8s && !crate::cluster::is_up();
     if k8s {
         crate::cluster::prepare_e2e()?;
     }
-    let tested = cargo_test(&args, k8s, &[]);
+    let tested = test_all(&args, k8s);
     if started_cluster && !args.keep_cluster {
         // It costs CPU (benchmarks would feel it); CI machines are thrown
         // away anyway.
@@ -87,5 +140,5 @@ pub fn run_k8s(args: Args) -> anyhow::Result<()> {
         bail!("the cluster test runs a local Kubernetes cluster: run it as root");
     }
     crate::cluster::prepare_e2e()?;
-    cargo_test(&args, true, &["k8s_e2e", "k8s_resilience"])
+    cargo_test(&args, true, Targets::Only(&K8S_TESTS))
 }
