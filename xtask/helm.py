@@ -21,6 +21,8 @@ import re
 import sys
 
 import helm_python as helm
+from helm_python import _native
+from helm_python import config as helm_config
 
 
 def merge(base, over):
@@ -118,6 +120,22 @@ def exists(cfg, name):
         return False
 
 
+def upgrade_forcing_conflicts(cfg, chart, release, vals, *, namespace, timeout, wait):
+    """`helm upgrade --force-conflicts`: the chart's values win over edits
+    made since with another field manager (`kubectl patch` of the policy
+    ConfigMap, say), which Helm 4's server-side apply otherwise refuses as
+    a conflict. helm-python-sdk 0.2.2's Config.upgrade has no keyword for
+    it; its libhelm_c takes the option, so the call is made as
+    Config.upgrade makes it, with that option added."""
+    payload = _native.call_string(
+        "helm_upgrade", cfg._raw(), _native.HANDLE(helm_config._NONE), chart._raw(), None,
+        release, json.dumps(vals),
+        json.dumps({k: v for k, v in dict(namespace=namespace, timeout_seconds=timeout,
+                                           wait=wait, force_conflicts=True).items()
+                    if v is not None}))
+    return json.loads(payload)
+
+
 def cmd_upgrade(args):
     cfg = config(args)
     chart = helm.Chart.load(args.chart)
@@ -127,7 +145,7 @@ def cmd_upgrade(args):
     if args.install and not exists(cfg, args.release):
         rel = cfg.install(chart, args.release, vals, create_namespace=args.create_namespace, **opts)
     else:
-        rel = cfg.upgrade(chart, args.release, vals, **opts)
+        rel = upgrade_forcing_conflicts(cfg, chart, args.release, vals, **opts)
     print(f"release {args.release} in {args.namespace}: revision {rel.get('revision', '?')}, "
           f"{rel.get('status', '?')}")
 
