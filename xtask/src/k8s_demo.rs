@@ -104,6 +104,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Each task has two traced containers (the user's and osmo-ctrl).
+    if mine.len() < 2 * steps.len() {
+        anyhow::bail!(
+            "got {} bundles of this workflow, expected {} (two per task): see `kubectl -n roar-node logs -l app.kubernetes.io/name=roar-node`",
+            mine.len(),
+            2 * steps.len()
+        );
+    }
     fs::create_dir_all(&bundles)?;
     for (name, b) in &mine {
         fs::write(bundles.join(name), serde_json::to_vec_pretty(b)?)?;
