@@ -348,9 +348,10 @@ fn mb(n: u64) -> String {
 }
 
 /// The roar-node image: the release binary at /roar-node, stripped, and
-/// the libraries it links.
+/// the libraries it links. The stripped binary and its debug info stay in
+/// target/images, wherever the tarball goes.
 pub fn roar_node_image(bin: &Path, out: &Path) -> anyhow::Result<Image> {
-    let stripped = out.with_file_name("roar-node");
+    let stripped = root().join("target/images/roar-node");
     let debug = strip(bin, &stripped)?;
     let mut files = vec![Entry {
         src: stripped.clone(),
