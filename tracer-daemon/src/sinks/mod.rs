@@ -234,25 +234,7 @@ mod tests {
 
     fn record(pod: &str) -> Record {
         Record {
-            fragment: Fragment {
-                job_uid: "0a1b2c3d".into(),
-                parent_job_uid: String::new(),
-                task_id: "t".into(),
-                worker_id: String::new(),
-                node_id: "n".into(),
-                actor_id: None,
-                task_name: "x".into(),
-                started_at: 1.0,
-                ended_at: 2.0,
-                exit_code: 0,
-                backend: "local".into(),
-                recorded_at: Some(3.0),
-                reads: vec![],
-                writes: vec![],
-                worker_packages: None,
-                task_identity: String::new(),
-                backend_metadata: Default::default(),
-            },
+            fragment: Fragment::example(),
             bundle: BundleName {
                 pod: pod.into(),
                 container: "c".into(),
