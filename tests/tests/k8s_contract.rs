@@ -76,7 +76,7 @@ fn job(ns: &str, name: &str, claim: &str) -> Value {
                     "containers": [{
                         "name": "worker",
                         "image": OSMO_IMAGE,
-                        "imagePullPolicy": "Never",
+                        "imagePullPolicy": "IfNotPresent",
                         "command": ["/bin/sh", "-c", "echo shard-2 > /ckpt/out.txt"],
                         "env": [
                             {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
@@ -189,7 +189,7 @@ fn roars_k8s_contract_and_osmo_identity_on_a_real_cluster() {
     let sidecar = task("with_sidecar", None);
     let mut p = sidecar.pod();
     p["spec"]["containers"].as_array_mut().unwrap().push(json!({
-        "name": "log-shipper", "image": OSMO_IMAGE, "imagePullPolicy": "Never",
+        "name": "log-shipper", "image": OSMO_IMAGE, "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/sh", "-c", "echo shipped > /tmp/shipped"],
     }));
     create(&kc, &p);
