@@ -17,6 +17,7 @@ use std::{
     },
 };
 
+pub mod chart;
 pub mod k8s;
 
 use serde_json::Value;

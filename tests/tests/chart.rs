@@ -1,18 +1,13 @@
 //! The Helm chart (deploy/chart/roar-node), rendered and linted by a real
 //! Helm (v4, embedded by helm-python-sdk; xtask/helm.py): its values reach
 //! the DaemonSet, bad values fail in one line, its default rendering is the
-//! kustomize base's DaemonSet (so the two cannot drift apart), and, on the
-//! local cluster (`ROAR_NODE_K8S=1`), the release `cargo xtask e2e-k8s`
-//! installed runs the image the node pulled from the cluster's registry.
+//! kustomize base's DaemonSet (so the two cannot drift apart). The
+//! release installed on the local cluster: k8s_chart.rs.
 
 use std::{fs, path::PathBuf, process::Command};
 
-use roar_node_tests::{k8s::*, workspace};
+use roar_node_tests::{chart::*, k8s::*, workspace};
 use serde_json::{Value, json};
-
-fn chart() -> PathBuf {
-    workspace().join("deploy/chart/roar-node")
-}
 
 /// `helm.py template` with `--set`s; the objects, or None if no Helm.
 fn render(sets: &[&str]) -> Option<Vec<Value>> {
@@ -30,32 +25,12 @@ fn render(sets: &[&str]) -> Option<Vec<Value>> {
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
 
-fn kind<'a>(objs: &'a [Value], kind: &str) -> &'a Value {
-    let m: Vec<&Value> = objs.iter().filter(|o| o["kind"] == kind).collect();
-    assert_eq!(m.len(), 1, "one {kind}: {objs:#?}");
-    m[0]
-}
-
-fn container(ds: &Value) -> &Value {
-    &ds["spec"]["template"]["spec"]["containers"][0]
-}
-
 fn env<'a>(ds: &'a Value, name: &str) -> Option<&'a Value> {
     container(ds)["env"]
         .as_array()?
         .iter()
         .find(|e| e["name"] == name)
         .map(|e| &e["value"])
-}
-
-fn workspace_version() -> String {
-    let toml = fs::read_to_string(workspace().join("Cargo.toml")).unwrap();
-    let pkg = toml.split_once("[workspace.package]").unwrap().1;
-    pkg.lines()
-        .find_map(|l| l.strip_prefix("version = "))
-        .unwrap()
-        .trim_matches('"')
-        .to_string()
 }
 
 #[test]
@@ -309,137 +284,4 @@ fn bad_values_fail_in_one_line() {
         assert!(err.contains(says), "{sets:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{sets:?}: {err}");
     }
-}
-
-/// On the local cluster: roar-node came through the chart, from the
-/// cluster's registry, and the node pulled it.
-#[test]
-fn installed_release_runs_the_pulled_registry_image() {
-    if !enabled() {
-        return;
-    }
-    let kc = kubeconfig();
-    let ds: Value = serde_json::from_str(&kubectl_ok(
-        &kc,
-        &[
-            "-n",
-            "roar-node",
-            "get",
-            "daemonset",
-            "roar-node",
-            "-o",
-            "json",
-        ],
-        None,
-    ))
-    .unwrap();
-    assert_eq!(
-        ds["metadata"]["labels"]["app.kubernetes.io/managed-by"],
-        "Helm"
-    );
-    assert_eq!(
-        ds["metadata"]["annotations"]["meta.helm.sh/release-name"],
-        "roar-node"
-    );
-    let image = container(&ds)["image"].as_str().unwrap().to_string();
-    let (named, digest) = image.split_once('@').expect("pulled by digest");
-    assert!(named.starts_with("127.0.0.1:5000/roar-node:"), "{image}");
-    // The registry holds the version and commit tags.
-    let (repo, tag) = named.rsplit_once(':').unwrap();
-    let tags = http_get_json(&format!(
-        "http://127.0.0.1:5000/v2/{}/tags/list",
-        &repo[15..]
-    ));
-    let listed: Vec<&str> = tags["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    assert!(
-        listed.contains(&tag) && listed.contains(&workspace_version().as_str()),
-        "{tags}"
-    );
-    // The running pod's image id is the registry's digest: containerd
-    // pulled it from there.
-    let pods: Value = serde_json::from_str(&kubectl_ok(
-        &kc,
-        &[
-            "-n",
-            "roar-node",
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=roar-node",
-            "-o",
-            "json",
-        ],
-        None,
-    ))
-    .unwrap();
-    let running: Vec<&Value> = pods["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .collect();
-    assert_eq!(running.len(), 1, "{pods:#}");
-    let status = &running[0]["status"]["containerStatuses"][0];
-    assert_eq!(
-        status["imageID"],
-        format!("127.0.0.1:5000/roar-node@{digest}"),
-        "{status:#}"
-    );
-    assert_eq!(status["ready"], true, "{status:#}");
-    assert_eq!(
-        running[0]["spec"]["priorityClassName"],
-        "system-node-critical"
-    );
-    // Rendered for this cluster (Kubernetes 1.20: a server-side dry run
-    // under another release name), AppArmor is the annotation that
-    // version reads, not the 1.30 field.
-    let Some(mut h) = helm() else {
-        return;
-    };
-    let out = h
-        .env("KUBECONFIG", &kc)
-        .arg("template")
-        .arg(chart())
-        .args(["--cluster", "--json", "--name", "roar-node-dry-run"])
-        .args(["--set", "image.repository=x.example.com/roar-node"])
-        .args(["--set", "securityModules.appArmorUnconfined=true"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let objs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let ds = kind(&objs, "DaemonSet");
-    assert_eq!(
-        ds["spec"]["template"]["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/roar-node"],
-        "unconfined"
-    );
-    assert!(
-        container(ds)["securityContext"]
-            .get("appArmorProfile")
-            .is_none()
-    );
-}
-
-fn http_get_json(url: &str) -> Value {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut c = std::net::TcpStream::connect(host).unwrap();
-    write!(
-        c,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    let body = out.split_once("\r\n\r\n").unwrap().1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{url}: {e}: {out}"))
 }
