@@ -429,6 +429,66 @@ pub fn documented_cli_templates() -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("docs/osmo.md JSON: {e}\n{text}"))
 }
 
+/// Polls `ok` every 250 ms until it holds; fails, saying `what`, after
+/// `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Sends signal `sig` (as kill(1) takes it: `-STOP`, `-9`) to host
+/// process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success(),
+        "kill {sig} {pid}"
+    );
+}
+
+/// An opted-in pod that writes `/gate/<name>.before`, then for each
+/// `(gate, mark)` waits for the file `/gate/<name>.<gate>` and writes
+/// `<mark>` to `/gate/<name>.<mark>`; `/gate` is the host's `shared`.
+pub fn gated_pod(ns: &str, name: &str, shared: &Path, steps: &[(&str, &str)]) -> Value {
+    let mut script = format!("echo before > /gate/{name}.before");
+    for (gate, mark) in steps {
+        script += &format!(
+            "; while [ ! -e /gate/{name}.{gate} ]; do sleep 0.1; done; \
+             echo {mark} > /gate/{name}.{mark}"
+        );
+    }
+    with_volume(
+        shell_pod(ns, name, &script, true),
+        json!({"name": "gate", "hostPath": {"path": shared, "type": "Directory"}}),
+        "/gate",
+        false,
+    )
+}
+
+/// The daemon traces the pod's container (its task is in the spool).
+pub fn wait_traced(uid: &str) {
+    wait_until(
+        &format!("pod {uid} traced (in the spool)"),
+        Duration::from_secs(60),
+        || in_spool(uid.as_bytes()),
+    );
+}
+
+/// Whether the spool's journal holds these bytes.
+pub fn in_spool(what: &[u8]) -> bool {
+    fs::read(node_state().join("spool/journal.pb"))
+        .is_ok_and(|b| b.windows(what.len()).any(|w| w == what))
+}
+
 /// kubectl from the local cluster's cache, with its kubeconfig.
 pub fn kubectl(kubeconfig: &Path) -> Command {
     let bin = std::env::var_os("KUBECTL")

@@ -17,28 +17,16 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use roar_node_tests::{k8s::*, *};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn run_id(seed: &str) -> String {
@@ -120,26 +108,6 @@ fn write_hash(rec: &Value, path: &str) -> Option<String> {
         .and_then(|a| a["hash"].as_str().map(String::from))
 }
 
-/// A pod that writes `/gate/<name>.before`, waits for `/gate/<name>.go`,
-/// then writes `/gate/<name>.after`.
-fn gated(ns: &str, name: &str, shared: &Path) -> Value {
-    with_volume(
-        shell_pod(
-            ns,
-            name,
-            &format!(
-                "echo before > /gate/{name}.before; \
-                 while [ ! -e /gate/{name}.go ]; do sleep 0.1; done; \
-                 echo after > /gate/{name}.after"
-            ),
-            true,
-        ),
-        json!({"name": "gate", "hostPath": {"path": shared, "type": "Directory"}}),
-        "/gate",
-        false,
-    )
-}
-
 /// The daemon's test-only hold on its pod watch (the file it watches for),
 /// taken off when dropped, even by a failed test: a hold left behind would
 /// hold the next daemon's first pod list.
@@ -189,7 +157,7 @@ fn pod_watch_held_behind_the_kubelet() {
             true,
         ),
     );
-    create(&kc, &gated(&ns, "late", &shared));
+    create(&kc, &gated_pod(&ns, "late", &shared, &[("go", "after")]));
     // Settled: the daemon holds the watch's events, and the kubelet has
     // run `quick` to its end and started `late`.
     let t0 = Instant::now();
@@ -251,17 +219,6 @@ fn pod_watch_held_behind_the_kubelet() {
     let _ = fs::remove_dir_all(&shared);
 }
 
-/// The daemon's host PID, and SIGSTOP/SIGCONT for it.
-fn signal(pid: u32, sig: &str) {
-    assert!(
-        Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 /// The kernel's ring buffer full when a pod's cgroups are made: the daemon
 /// is stopped (SIGSTOP) while a traced pod writes files until the buffer
 /// cannot take more, and a new pod is created then. Its cgroups' mkdir
@@ -306,7 +263,7 @@ fn cgroups_whose_creation_events_were_lost_are_found_again() {
     signal(daemon, "-STOP");
     // More than the 16 MiB ring buffer holds: ~50,000 of its events.
     std::thread::sleep(Duration::from_secs(12));
-    create(&kc, &gated(&ns, "target", &shared));
+    create(&kc, &gated_pod(&ns, "target", &shared, &[("go", "after")]));
     let started = Instant::now();
     let waited = std::panic::catch_unwind(|| {
         wait_until("target runs", Duration::from_secs(15), || {
@@ -318,12 +275,7 @@ fn cgroups_whose_creation_events_were_lost_are_found_again() {
     assert!(started.elapsed() < Duration::from_secs(20));
     let target_uid = uid_of(&get_pod(&kc, &ns, "target").unwrap());
     // Settled: the daemon traces it (it is in the spool).
-    wait_until("the daemon traces target", Duration::from_secs(60), || {
-        fs::read(node_state().join("spool/journal.pb")).is_ok_and(|b| {
-            b.windows(target_uid.len())
-                .any(|w| w == target_uid.as_bytes())
-        })
-    });
+    wait_traced(&target_uid);
     fs::write(shared.join("target.go"), "").unwrap();
     kubectl_ok(
         &kc,

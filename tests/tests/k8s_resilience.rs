@@ -18,27 +18,6 @@ use std::{
 use roar_node_tests::{k8s::*, *};
 use serde_json::{Value, json};
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn kill9(pid: u32) {
-    assert!(
-        Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 /// A new daemon process, and it has written its stats since `after`.
 fn wait_new_daemon(old: u32, after: f64) {
     wait_until(
@@ -65,29 +44,6 @@ fn metric(series: &str) -> Option<f64> {
     metric_value(&http_get("/metrics").1, series)
 }
 
-/// An opted-in pod that writes `<name>.before`, waits for the file
-/// `<name>.mid` in the shared directory, writes `<name>.during`, waits for
-/// `<name>.go`, then writes `<name>.after`.
-fn gated_pod(ns: &str, name: &str, shared: &Path) -> Value {
-    with_volume(
-        shell_pod(
-            ns,
-            name,
-            &format!(
-                "echo before > /gate/{name}.before; \
-                     while [ ! -e /gate/{name}.mid ]; do sleep 0.1; done; \
-                     echo during > /gate/{name}.during; \
-                     while [ ! -e /gate/{name}.go ]; do sleep 0.1; done; \
-                     echo after > /gate/{name}.after"
-            ),
-            true,
-        ),
-        json!({"name": "gate", "hostPath": {"path": shared, "type": "Directory"}}),
-        "/gate",
-        false,
-    )
-}
-
 fn wait_running(kc: &Path, ns: &str, name: &str) -> Value {
     let mut pod = Value::Null;
     wait_until(
@@ -99,21 +55,6 @@ fn wait_running(kc: &Path, ns: &str, name: &str) -> Value {
         },
     );
     pod
-}
-
-/// The daemon traces the pod's container (its task is in the spool).
-fn wait_traced(uid: &str) {
-    wait_until(
-        &format!("pod {uid} traced (in the spool)"),
-        Duration::from_secs(60),
-        || in_spool(uid.as_bytes()),
-    );
-}
-
-/// Whether the spool's journal holds these bytes.
-fn in_spool(what: &[u8]) -> bool {
-    fs::read(node_state().join("spool/journal.pb"))
-        .is_ok_and(|b| b.windows(what.len()).any(|w| w == what))
 }
 
 fn one_record(uid: &str, timeout: Duration) -> Value {
@@ -375,7 +316,10 @@ fn kill_restart_and_api_server_outage() {
     // finished record the bundle directory refuses (read-only to the
     // daemon, which has no CAP_DAC_OVERRIDE).
     for name in ["long", "ends"] {
-        create(&kc, &gated_pod(&ns, name, &shared));
+        create(
+            &kc,
+            &gated_pod(&ns, name, &shared, &[("mid", "during"), ("go", "after")]),
+        );
     }
     let long_uid = uid_of(&wait_running(&kc, &ns, "long"));
     let ends_uid = uid_of(&wait_running(&kc, &ns, "ends"));
@@ -407,7 +351,7 @@ fn kill_restart_and_api_server_outage() {
     assert!(metric("roar_node_records_spooled").is_some_and(|v| v >= 1.0));
     let old = daemon_pid().expect("the roar-node daemon runs");
     let killed_at = wall_now();
-    kill9(old);
+    signal(old, "-9");
     // While no daemon runs: `long` writes, `ends` ends.
     for f in ["long.mid", "ends.mid", "ends.go"] {
         fs::write(shared.join(f), "").unwrap();
@@ -480,13 +424,21 @@ fn kill_restart_and_api_server_outage() {
 
     // 2. The API server goes down with a task running; the daemon is
     // killed too, so it also starts with the API server down.
-    create(&kc, &gated_pod(&ns, "outage", &shared));
+    create(
+        &kc,
+        &gated_pod(
+            &ns,
+            "outage",
+            &shared,
+            &[("mid", "during"), ("go", "after")],
+        ),
+    );
     let outage_uid = uid_of(&wait_running(&kc, &ns, "outage"));
     wait_traced(&outage_uid);
     let api = ApiServer::stop();
     let down_at = wall_now();
     let old = daemon_pid().expect("the roar-node daemon runs");
-    kill9(old);
+    signal(old, "-9");
     wait_new_daemon(old, down_at);
     let s = stats();
     assert_eq!(s["api_reachable"], false, "{s}");
