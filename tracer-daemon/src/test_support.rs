@@ -9,3 +9,21 @@ pub(crate) fn skip(why: &str) {
     }
     eprintln!("skipped: {why}");
 }
+
+/// An exec event of `argv` (its exe `argv[0]`), as the kernel sends one.
+pub(crate) fn exec_event(argv: &[&str]) -> crate::events::Exec {
+    crate::events::Exec {
+        ppid: 0,
+        exe: crate::events::FilePath {
+            bytes: argv[0].as_bytes().to_vec(),
+            inexact: 0,
+        },
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        argv_truncated: false,
+        argv_unreadable: false,
+        argv_total_len: 0,
+        mnt_ns: 1,
+        uid: 0,
+        own_cgroup: 0,
+    }
+}

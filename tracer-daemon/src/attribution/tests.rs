@@ -305,20 +305,12 @@ fn opted_out_and_malformed() {
 #[test]
 fn a_container_made_before_its_pod_is_known_is_traced_when_the_pod_is() {
     let full = pod();
-    let uid = full.uid.clone();
-    let base = format!("/kubepods/besteffort/pod{uid}");
     let mut a = Attributor::new(Policy::default());
     let now = Instant::now();
-    assert!(a.on_cgroup(&mkdir(10, &base, false), now).is_empty());
-    let train = format!("{base}/{}", id_of(&full, "train"));
-    assert!(a.on_cgroup(&mkdir(14, &train, false), now).is_empty());
+    let (made, _) = train_cgroup_before_its_pod(&mut a, &full, now);
+    assert!(made.is_empty());
     assert_eq!(a.route(&exit_ev(14)), Route::Unattributed, "not traced yet");
-    let mut early = full.clone();
-    early.phase = "Pending".into();
-    for c in &mut early.containers {
-        c.runs.clear();
-    }
-    let acts = a.on_pod(early);
+    let acts = a.on_pod(pod_without_ids());
     assert_eq!(names(&acts), ["trace-pod 10", "trace 14", "begin 14"]);
     assert!(acts.iter().any(|x| matches!(
         x,
@@ -342,12 +334,9 @@ fn a_container_made_before_its_pod_is_known_is_traced_when_the_pod_is() {
 fn the_final_object_of_a_delete_resolves_what_waits() {
     let full = pod();
     let uid = full.uid.clone();
-    let base = format!("/kubepods/besteffort/pod{uid}");
     let mut a = Attributor::new(Policy::default());
     let now = Instant::now();
-    a.on_cgroup(&mkdir(10, &base, false), now);
-    let train = format!("{base}/{}", id_of(&full, "train"));
-    a.on_cgroup(&mkdir(14, &train, false), now);
+    let (_, train) = train_cgroup_before_its_pod(&mut a, &full, now);
     let mut rm = mkdir(14, &train, false);
     rm.created = false;
     a.on_cgroup(&rm, now);
@@ -357,8 +346,7 @@ fn the_final_object_of_a_delete_resolves_what_waits() {
     assert!(resolved(&acts, 14).started_before_agent);
     // Without the final object, nothing can name it: dropped, counted.
     let mut b = Attributor::new(Policy::default());
-    b.on_cgroup(&mkdir(10, &base, false), now);
-    b.on_cgroup(&mkdir(14, &train, false), now);
+    train_cgroup_before_its_pod(&mut b, &pod(), now);
     b.on_pod(pod_without_ids());
     let acts = b.on_pod_deleted(&uid, None, now);
     assert_eq!(
@@ -367,6 +355,22 @@ fn the_final_object_of_a_delete_resolves_what_waits() {
     );
 }
 
+/// The kubelet makes the pod's cgroup (10) and its `train` container's
+/// (14), untraced, before the pod is known: the actions, and the
+/// container's cgroup path.
+fn train_cgroup_before_its_pod(
+    a: &mut Attributor,
+    full: &PodInfo,
+    now: Instant,
+) -> (Vec<Action>, String) {
+    let base = format!("/kubepods/besteffort/pod{}", full.uid);
+    let train = format!("{base}/{}", id_of(full, "train"));
+    let mut acts = a.on_cgroup(&mkdir(10, &base, false), now);
+    acts.extend(a.on_cgroup(&mkdir(14, &train, false), now));
+    (acts, train)
+}
+
+/// The pod as first listed: pending, no container ids in its status.
 fn pod_without_ids() -> PodInfo {
     let mut p = pod();
     p.phase = "Pending".into();
@@ -381,13 +385,9 @@ fn pod_without_ids() -> PodInfo {
 /// delivered for the whole grace.
 #[test]
 fn waiting_cgroups_outlive_a_watch_that_delivers_nothing() {
-    let full = pod();
-    let base = format!("/kubepods/besteffort/pod{}", full.uid);
     let mut a = Attributor::new(Policy::default());
     let t0 = Instant::now();
-    let train = format!("{base}/{}", id_of(&full, "train"));
-    a.on_cgroup(&mkdir(10, &base, false), t0);
-    a.on_cgroup(&mkdir(14, &train, false), t0);
+    let (_, train) = train_cgroup_before_its_pod(&mut a, &pod(), t0);
     let mut rm = mkdir(14, &train, false);
     rm.created = false;
     a.on_cgroup(&rm, t0);

@@ -1,21 +1,6 @@
 use super::*;
 
-fn exec(argv: &[&str]) -> crate::events::Exec {
-    crate::events::Exec {
-        ppid: 0,
-        exe: crate::events::FilePath {
-            bytes: argv[0].as_bytes().to_vec(),
-            inexact: 0,
-        },
-        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-        argv_truncated: false,
-        argv_unreadable: false,
-        argv_total_len: 0,
-        mnt_ns: 1,
-        uid: 0,
-        own_cgroup: 0,
-    }
-}
+use crate::test_support::exec_event as exec;
 
 /// The shape of an OSMO user container: runc init (no exec), then
 /// osmo_exec as the entrypoint, the user command as its child.
