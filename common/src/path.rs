@@ -44,10 +44,21 @@ pub const PATH_RAW_READ_ERROR: u16 = 1 << 4;
 /// disconnected or deleted tree).
 pub const PATH_DISCONNECTED: u16 = 1 << 5;
 
-/// Flags that mean the path is not the exact one the process used.
-pub const PATH_INEXACT: u16 = PATH_TRUNCATED
+/// The file had no name when the event was made: its link count was 0
+/// (created with `O_TMPFILE`, or deleted before this open). The walked
+/// name is the kernel's placeholder (`#<inode>` for `O_TMPFILE`) or a name
+/// it no longer has.
+pub const PATH_UNLINKED: u16 = 1 << 6;
+
+/// Flags that say the walk or the caller's string could not be read to
+/// the end: the bytes sent are only part of the path. The kernel counts
+/// every event sent with one (`loss::PATH_INEXACT`).
+pub const PATH_INCOMPLETE: u16 = PATH_TRUNCATED
     | PATH_OUTSIDE_ROOT
     | PATH_READ_ERROR
     | PATH_RAW_TRUNCATED
     | PATH_RAW_READ_ERROR
     | PATH_DISCONNECTED;
+
+/// Flags that mean the path is not the exact one the process used.
+pub const PATH_INEXACT: u16 = PATH_INCOMPLETE | PATH_UNLINKED;
