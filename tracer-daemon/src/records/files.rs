@@ -36,6 +36,8 @@ pub(super) struct Files {
     pub(super) outputs_not_regular: u64,
     /// `O_TMPFILE` files that never got a name: temporaries, not outputs.
     pub(super) unnamed: u64,
+    /// Files given up past their hashing budget (or on a hung mount).
+    pub(super) over_budget: u64,
 }
 
 /// A file the record keeps, with the hash that will describe it.
@@ -107,11 +109,11 @@ impl Files {
             }
             let view = namespaces.resolve(st.mnt_ns as u64);
             let gone = matches!(view, NsView::Gone);
-            let hash = |expect: Option<(u64, u64)>| {
+            let hash = |expect: Option<(u64, u64)>, dev: u64| {
                 if gone {
                     HashSlot::ready(ns_gone())
                 } else {
-                    submit(pool, &view, path, expect)
+                    submit(pool, &view, path, expect, dev)
                 }
             };
             if let Some(input) = &st.input {
@@ -120,7 +122,7 @@ impl Files {
                     None => {
                         let slot = match input_hashes.get(path) {
                             Some(s) => s.clone(),
-                            None => hash(Some((input.dev, input.ino))),
+                            None => hash(Some((input.dev, input.ino)), input.dev),
                         };
                         inputs.push(Kept {
                             path,
@@ -130,13 +132,13 @@ impl Files {
                     }
                 }
             }
-            if st.output.is_some() {
+            if let Some(out) = &st.output {
                 match filter.write(path) {
                     Some(why) => *self.filtered.entry(why.name()).or_default() += 1,
                     None => outputs.push(Kept {
                         path,
                         state: st,
-                        slot: hash(None),
+                        slot: hash(None, out.dev),
                     }),
                 }
             }
@@ -183,8 +185,11 @@ impl Files {
             .push(json!({"path": shown, "roles": roles, "problems": problems}));
     }
 
-    /// Why `outcome` left a file unhashed.
+    /// Why `outcome` left a file unhashed, counted by cause.
     fn unhashed(&mut self, path: &str, role: &str, outcome: &HashOutcome) {
+        if matches!(outcome, HashOutcome::OverBudget(_)) {
+            self.over_budget += 1;
+        }
         self.unhashed
             .push(json!({"path": path, "role": role, "reason": outcome.reason()}));
     }
@@ -241,12 +246,14 @@ fn submit(
     view: &NsView,
     path: &[u8],
     expect: Option<(u64, u64)>,
+    dev: u64,
 ) -> Arc<HashSlot> {
     let slot = HashSlot::new();
     pool.submit(HashJob {
         ns: view.held(),
         path: path.to_vec(),
         expect,
+        dev: (dev != 0).then_some(dev),
         slot: slot.clone(),
     });
     slot

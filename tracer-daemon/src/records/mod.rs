@@ -310,6 +310,7 @@ fn capture_json(task: &Task, capture: &CaptureFacts, ns: &Namespaces, files: &Fi
         "inexact_events": task.stats.inexact_events,
         "unreadable_fields": unreadable_json(&task.stats.unreadable),
         "unnamed_files": files.unnamed,
+        "unhashed_over_budget": files.over_budget,
         "partial": false,
         "partial_reason": null,
     })

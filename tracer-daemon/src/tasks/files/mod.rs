@@ -42,7 +42,8 @@ pub(crate) struct Output {
     /// The path this content was renamed (or linked) from, if it arrived
     /// that way.
     pub(crate) renamed_from: Option<Vec<u8>>,
-    /// `stat` device number of the file the task wrote (0: unknown).
+    /// `stat` device number of the file the task wrote (0: unknown), so
+    /// hashing can skip a file system known to hang.
     pub(crate) dev: u64,
 }
 
