@@ -104,15 +104,17 @@ impl TaskStats {
     }
 }
 
-/// The paths an event carries.
-fn paths(body: &Body) -> Vec<&FilePath> {
+/// Whether an event carries a path the kernel could not read to the end
+/// (on the event path: no allocation).
+fn has_incomplete_path(body: &Body) -> bool {
+    let incomplete = |p: &FilePath| p.inexact & PATH_INCOMPLETE != 0;
     match body {
-        Body::Exec(e) => vec![&e.exe],
-        Body::Open(o) => vec![&o.path],
-        Body::Rename { old, new, .. } => vec![old, new],
-        Body::Unlink { path, .. } => vec![path],
-        Body::Link(l) => vec![&l.old, &l.new],
-        Body::Fork { .. } | Body::Exit { .. } | Body::Cgroup(_) => Vec::new(),
+        Body::Exec(e) => incomplete(&e.exe),
+        Body::Open(o) => incomplete(&o.path),
+        Body::Rename { old, new, .. } => incomplete(old) || incomplete(new),
+        Body::Unlink { path, .. } => incomplete(path),
+        Body::Link(l) => incomplete(&l.old) || incomplete(&l.new),
+        Body::Fork { .. } | Body::Exit { .. } | Body::Cgroup(_) => false,
     }
 }
 
@@ -157,10 +159,7 @@ impl Task {
     /// which the caller hashes right away.
     pub fn apply(&mut self, ev: &Event) -> Option<FirstRead> {
         self.stats.events[ev.body.kind() as usize] += 1;
-        if paths(&ev.body)
-            .iter()
-            .any(|p| p.inexact & PATH_INCOMPLETE != 0)
-        {
+        if has_incomplete_path(&ev.body) {
             self.stats.inexact_events += 1;
         }
         self.stats.unreadable.count(&ev.body);

@@ -1,6 +1,8 @@
 //! How a file table keys a file: by its exact path, by what is known of an
 //! inexact one, or by the identity of a file with no name.
 
+use std::borrow::Cow;
+
 use roar_node_common::path::{PATH_DISCONNECTED, PATH_UNLINKED};
 
 use crate::events::{FilePath, INEXACT_MARK, Open};
@@ -30,16 +32,17 @@ impl FileKey<'_> {
         path.bytes.clone()
     }
 
-    /// The key of the file an open reports: the unnamed kind when it had no
-    /// link or hangs below no directory (`O_TMPFILE`, a deleted file
-    /// reopened through /proc, a memfd).
-    pub(crate) fn of_open(o: &Open) -> Vec<u8> {
+    /// The key of the file an open reports: its path (borrowed: this is
+    /// the event path), or the unnamed kind when it had no link or hangs
+    /// below no directory (`O_TMPFILE`, a deleted file reopened through
+    /// /proc, a memfd).
+    pub(crate) fn of_open(o: &Open) -> Cow<'_, [u8]> {
         if o.path.inexact & (PATH_UNLINKED | PATH_DISCONNECTED) == 0 {
-            return Self::of_path(&o.path);
+            return Cow::Borrowed(&o.path.bytes);
         }
         let mut k = Self::unnamed_prefix(o.user_dev(), o.ino);
         k.extend_from_slice(&o.path.bytes);
-        k
+        Cow::Owned(k)
     }
 
     /// Every key of the unnamed file (dev, ino) starts with this.

@@ -189,7 +189,7 @@ impl FileTable {
                 });
                 // Hashed only under a name it has.
                 first_read = exact.then(|| FirstRead {
-                    path: key.clone(),
+                    path: key.to_vec(),
                     dev: user_dev,
                     ino: o.ino,
                     mnt_ns,
