@@ -294,25 +294,55 @@ fn bump_epoch(t: Traced) {
     atomic_add(unsafe { &raw mut (*t.entry).epoch }, 1);
 }
 
+/// The arguments of a call that takes two paths: `rename(old, new)` and
+/// `link(old, new)` (`plain`), or their `*at` forms `(olddfd, old,
+/// newdfd, new[, flags])`, with flags when the call has them.
+struct TwoPaths {
+    old_dfd: i32,
+    old: u64,
+    new_dfd: i32,
+    new: u64,
+    flags: u32,
+}
+
+#[inline(always)]
+fn two_path_args(regs: u64, plain: bool, has_flags: bool) -> Result<TwoPaths, i64> {
+    let di = arg(regs, global!(KERNEL.regs_di))?;
+    let si = arg(regs, global!(KERNEL.regs_si))?;
+    if plain {
+        return Ok(TwoPaths {
+            old_dfd: AT_FDCWD,
+            old: di,
+            new_dfd: AT_FDCWD,
+            new: si,
+            flags: 0,
+        });
+    }
+    Ok(TwoPaths {
+        old_dfd: di as i32,
+        old: si,
+        new_dfd: arg(regs, global!(KERNEL.regs_dx))? as i32,
+        new: arg(regs, global!(KERNEL.regs_r10))?,
+        flags: if has_flags {
+            arg(regs, global!(KERNEL.regs_r8))? as u32
+        } else {
+            0
+        },
+    })
+}
+
 /// Not inlined, as `on_link`.
 #[inline(never)]
 fn on_rename(regs: u64, nr: u32, root: u64, entry: *mut TracedCgroup) -> Result<(), i64> {
     let t = Traced { root, entry };
     bump_epoch(t);
-    let di = arg(regs, global!(KERNEL.regs_di))?;
-    let si = arg(regs, global!(KERNEL.regs_si))?;
-    let (old_dfd, old_ptr, new_dfd, new_ptr, flags) = if nr == syscalls::RENAME {
-        (AT_FDCWD, di, AT_FDCWD, si, 0)
-    } else {
-        let dx = arg(regs, global!(KERNEL.regs_dx))?;
-        let r10 = arg(regs, global!(KERNEL.regs_r10))?;
-        let flags = if nr == syscalls::RENAMEAT2 {
-            arg(regs, global!(KERNEL.regs_r8))? as u32
-        } else {
-            0
-        };
-        (di as i32, si, dx as i32, r10, flags)
-    };
+    let TwoPaths {
+        old_dfd,
+        old: old_ptr,
+        new_dfd,
+        new: new_ptr,
+        flags,
+    } = two_path_args(regs, nr == syscalls::RENAME, nr == syscalls::RENAMEAT2)?;
     let task = unsafe { bpf_get_current_task() } as u64;
     let buf = scratch()?;
     let old = user_path(buf, RENAME_TAIL, task, old_dfd, old_ptr);
@@ -441,16 +471,13 @@ fn proc_fd_number(buf: *const u8, at: usize, len: usize) -> Option<u32> {
 fn on_link(regs: u64, nr: u32, root: u64, entry: *mut TracedCgroup) -> Result<(), i64> {
     let t = Traced { root, entry };
     bump_epoch(t);
-    let di = arg(regs, global!(KERNEL.regs_di))?;
-    let si = arg(regs, global!(KERNEL.regs_si))?;
-    let (old_dfd, old_ptr, new_dfd, new_ptr, flags) = if nr == syscalls::LINK {
-        (AT_FDCWD, di, AT_FDCWD, si, 0)
-    } else {
-        let dx = arg(regs, global!(KERNEL.regs_dx))?;
-        let r10 = arg(regs, global!(KERNEL.regs_r10))?;
-        let r8 = arg(regs, global!(KERNEL.regs_r8))?;
-        (di as i32, si, dx as i32, r10, r8 as u32)
-    };
+    let TwoPaths {
+        old_dfd,
+        old: old_ptr,
+        new_dfd,
+        new: new_ptr,
+        flags,
+    } = two_path_args(regs, nr == syscalls::LINK, nr == syscalls::LINKAT)?;
     let task = unsafe { bpf_get_current_task() } as u64;
     let buf = scratch()?;
     let mut old = user_path(buf, LINK_TAIL, task, old_dfd, old_ptr);
