@@ -13,8 +13,11 @@ pub(crate) mod path_filters;
 
 use std::{collections::HashMap, sync::Arc};
 
-use roar_node_common::event::{
-    EXEC_ARGV_READ_ERROR, EXEC_MNT_NS_UNKNOWN, EXEC_PPID_UNKNOWN, EXEC_UID_UNKNOWN, EventKind,
+use roar_node_common::{
+    event::{
+        EXEC_ARGV_READ_ERROR, EXEC_MNT_NS_UNKNOWN, EXEC_PPID_UNKNOWN, EXEC_UID_UNKNOWN, EventKind,
+    },
+    path::PATH_INCOMPLETE,
 };
 use serde_json::{Map, Value, json};
 
@@ -186,8 +189,11 @@ impl RecordBuilder<'_> {
             self.pool,
             &mut enc,
         );
+        // An executable path the kernel could not read to the end is
+        // inexact; one that has no name (run from a memfd, or deleted) is
+        // not a lost path: its process entry says so.
         for p in task.processes.iter() {
-            if let Some(exe) = p.exe.as_ref().filter(|e| !e.is_exact()) {
+            if let Some(exe) = p.exe.as_ref().filter(|e| e.inexact & PATH_INCOMPLETE != 0) {
                 files.note_inexact(enc.encode(&exe.bytes), vec!["executable"], exe.inexact);
             }
         }
@@ -264,6 +270,9 @@ impl RecordBuilder<'_> {
                 let unreadable = unreadable_exec_fields(p.unknown);
                 if !unreadable.is_empty() {
                     v["unreadable_fields"] = json!(unreadable);
+                }
+                if let Some(exe) = p.exe.as_ref().filter(|e| !e.is_exact()) {
+                    v["executable_problems"] = json!(files::path_flag_names(exe.inexact));
                 }
                 v
             })
@@ -349,5 +358,75 @@ mod tests {
             .map(|v| v.as_u64().unwrap())
             .sum();
         assert_eq!(sum, facts.lost_in_kernel + facts.decode_errors);
+    }
+
+    /// A task's record from events (no kernel, real hashing of nothing).
+    fn record_of(events: Vec<crate::events::Body>) -> UnnamedRecord {
+        use crate::{events::Event, tasks::TaskLimits};
+        let mut task = Task::new(TaskLimits::default());
+        for (i, body) in events.into_iter().enumerate() {
+            task.apply(&Event {
+                task: 1,
+                tgid: 10,
+                pid: 10,
+                time_ns: i as u64 + 1,
+                body,
+            });
+        }
+        let pool = HashPool::new(1, 8, 8, hashing::HashBudget::default()).unwrap();
+        let own = mountns::MountNs::current().unwrap().inum;
+        RecordBuilder {
+            pool: &pool,
+            filters: &PathFilterConfig::default(),
+            clock: Clock::new(),
+        }
+        .build(FinishedTask {
+            task,
+            input_hashes: HashMap::new(),
+            namespaces: Namespaces::new(own),
+            capture: CaptureFacts::default(),
+        })
+    }
+
+    fn exec_of(exe: &str, flags: u16) -> crate::events::Body {
+        crate::events::Body::Exec(crate::events::Exec {
+            ppid: 1,
+            exe: crate::events::FilePath {
+                bytes: exe.as_bytes().to_vec(),
+                inexact: flags,
+            },
+            argv: vec![b"x".to_vec()],
+            argv_truncated: false,
+            argv_unreadable: false,
+            argv_total_len: 2,
+            mnt_ns: 0,
+            uid: 0,
+            own_cgroup: 0,
+            unknown: 0,
+        })
+    }
+
+    /// An executable path cut short is a lost path (partial); a binary
+    /// with no name (a memfd, as runc runs itself) is described, not lost.
+    #[test]
+    fn only_executables_with_lost_paths_make_a_record_partial() {
+        use roar_node_common::path::{PATH_DISCONNECTED, PATH_TRUNCATED};
+        let memfd = record_of(vec![exec_of("…memfd:runc_cloned", PATH_DISCONNECTED)]);
+        assert!(!memfd.inexact, "{:?}", memfd.metadata);
+        assert!(memfd.metadata.get("inexact_paths").is_none());
+        let p = &memfd.metadata["processes"][0];
+        assert_eq!(p["executable_problems"], json!(["disconnected"]));
+        let deep = record_of(vec![exec_of("…/d/tool", PATH_TRUNCATED)]);
+        assert!(deep.inexact);
+        let entry = &deep.metadata["inexact_paths"][0];
+        assert_eq!(entry["roles"], json!(["executable"]));
+        assert_eq!(entry["problems"], json!(["truncated"]));
+        let plain = record_of(vec![exec_of("/bin/sh", 0)]);
+        assert!(!plain.inexact);
+        assert!(
+            plain.metadata["processes"][0]
+                .get("executable_problems")
+                .is_none()
+        );
     }
 }

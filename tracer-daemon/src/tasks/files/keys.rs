@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use roar_node_common::path::{PATH_DISCONNECTED, PATH_UNLINKED};
+use roar_node_common::path::PATH_NAMELESS;
 
 use crate::events::{FilePath, INEXACT_MARK, Open};
 
@@ -37,7 +37,7 @@ impl FileKey<'_> {
     /// below no directory (`O_TMPFILE`, a deleted file reopened through
     /// /proc, a memfd).
     pub(crate) fn of_open(o: &Open) -> Cow<'_, [u8]> {
-        if o.path.inexact & (PATH_UNLINKED | PATH_DISCONNECTED) == 0 {
+        if o.path.inexact & PATH_NAMELESS == 0 {
             return Cow::Borrowed(&o.path.bytes);
         }
         let mut k = Self::unnamed_prefix(o.user_dev(), o.ino);
