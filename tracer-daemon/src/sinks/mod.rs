@@ -120,7 +120,10 @@ impl Delivery {
                 bundle_file: name.clone(),
                 bundle_json: bytes.clone(),
             };
-            match spool.lock().record_ready(ready) {
+            // Bound first: a guard in the `match` scrutinee would live
+            // through the arms, and `put_spooled` locks the spool again.
+            let spooled = spool.lock().record_ready(ready);
+            match spooled {
                 Ok(()) => return self.put_spooled(spool, &name, &bytes),
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -231,25 +234,7 @@ mod tests {
 
     fn record(pod: &str) -> Record {
         Record {
-            fragment: Fragment {
-                job_uid: "0a1b2c3d".into(),
-                parent_job_uid: String::new(),
-                task_id: "t".into(),
-                worker_id: String::new(),
-                node_id: "n".into(),
-                actor_id: None,
-                task_name: "x".into(),
-                started_at: 1.0,
-                ended_at: 2.0,
-                exit_code: 0,
-                backend: "local".into(),
-                recorded_at: Some(3.0),
-                reads: vec![],
-                writes: vec![],
-                worker_packages: None,
-                task_identity: String::new(),
-                backend_metadata: Default::default(),
-            },
+            fragment: Fragment::example(),
             bundle: BundleName {
                 pod: pod.into(),
                 container: "c".into(),
@@ -258,6 +243,29 @@ mod tests {
             owner: Default::default(),
             summary: Summary::default(),
         }
+    }
+
+    /// Through the spool into a sink that takes it: delivered once, marked
+    /// delivered in the spool (this deadlocked when the spool's lock was
+    /// still held while marking it).
+    #[test]
+    fn spooled_records_are_delivered_and_marked() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("bundles");
+        let (spool, _) = SharedSpool::open(&root.path().join("spool"), "n").unwrap();
+        let d = Delivery::new(
+            Box::new(BundleDir::new(&dir).unwrap()),
+            root.path().join("unsent"),
+        )
+        .with_spool(spool.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(d.deliver("t", &record("a")).is_ok()).unwrap());
+        let delivered = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("delivery through the spool did not finish (deadlock?)");
+        assert!(delivered);
+        assert!(dir.join("roar-fragments-a-c-0.json").exists());
+        assert_eq!(spool.lock().undelivered_count(), 0);
     }
 
     /// Without a spool, a record the sink refuses is kept in the fallback
