@@ -25,5 +25,6 @@ pub(crate) fn exec_event(argv: &[&str]) -> crate::events::Exec {
         mnt_ns: 1,
         uid: 0,
         own_cgroup: 0,
+        unknown: 0,
     }
 }

@@ -4,6 +4,7 @@
 
 mod bundles;
 mod daemon;
+mod hash_budget;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -85,6 +85,7 @@ pub(crate) enum PartialReason {
     NoProcessSeen,
     StartedBeforeAgent,
     EventsLost,
+    Inexact,
 }
 
 impl PartialReason {
@@ -126,6 +127,9 @@ impl PartialReason {
                 "the container was running before roar-node traced it: earlier processes and files are missing"
             }
             PartialReason::EventsLost => "events were lost; see capture",
+            PartialReason::Inexact => {
+                "some paths or kernel fields could not be read exactly; see inexact_paths, maybe_inputs and capture.unreadable_fields"
+            }
         }
     }
 }
@@ -168,6 +172,9 @@ pub(crate) struct UnnamedRecord {
     pub(crate) last_ns: Option<u64>,
     /// Events or files were lost (capture says which).
     pub(crate) lost: bool,
+    /// A path or a kernel field could not be read exactly (the record
+    /// names which).
+    pub(crate) inexact: bool,
     pub(crate) summary: Summary,
     pub(crate) clock: Clock,
 }
@@ -219,7 +226,8 @@ impl UnnamedRecord {
             .unwrap_or(0);
         let partial = naming
             .partial
-            .or(self.lost.then_some(PartialReason::EventsLost));
+            .or(self.lost.then_some(PartialReason::EventsLost))
+            .or(self.inexact.then_some(PartialReason::Inexact));
         let md = &mut self.metadata;
         md.insert("argv".into(), json!(argv));
         for (k, v) in naming.metadata {

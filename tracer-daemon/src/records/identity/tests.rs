@@ -37,6 +37,7 @@ fn unnamed(processes: ProcessTree) -> UnnamedRecord {
         first_ns: Some(1),
         last_ns: Some(2),
         lost: false,
+        inexact: false,
         summary: Summary::default(),
         clock: Clock::new(),
     }
