@@ -83,8 +83,7 @@ pub struct OsmoTask {
     pub shared_dir: PathBuf,
 }
 
-/// The local cluster's one node (OSMO's pods name KAI's scheduler, which
-/// the local cluster does not run: they are put on the node directly).
+/// The local cluster's one node.
 pub fn local_node() -> String {
     static NODE: OnceLock<String> = OnceLock::new();
     NODE.get_or_init(|| {
@@ -233,10 +232,9 @@ impl OsmoTask {
             "spec": {
                 "restartPolicy": "Never",
                 "terminationGracePeriodSeconds": 1,
-                // KAI's scheduler does not run here: the pod is put on the
-                // node directly, as KAI would.
-                "schedulerName": "kai-scheduler",
-                "nodeName": local_node(),
+                // KAI's scheduler, which the local cluster does not run:
+                // create() binds the pod as KAI would.
+                "schedulerName": KAI_SCHEDULER,
                 "initContainers": [{
                     "name": "osmo-init",
                     "image": OSMO_IMAGE,
@@ -527,10 +525,20 @@ pub fn kubectl_ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Stri
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Creates an object from JSON.
+/// Creates an object from JSON. A pod for KAI's scheduler, which the
+/// local cluster does not run, is put on the node directly, as KAI would.
 pub fn create(kubeconfig: &Path, obj: &Value) {
+    let mut obj = obj.clone();
+    let spec = &obj["spec"];
+    if obj["kind"] == "Pod" && spec["schedulerName"] == KAI_SCHEDULER && spec["nodeName"].is_null()
+    {
+        obj["spec"]["nodeName"] = json!(local_node());
+    }
     kubectl_ok(kubeconfig, &["create", "-f", "-"], Some(&obj.to_string()));
 }
+
+/// The scheduler OSMO's pods name.
+const KAI_SCHEDULER: &str = "kai-scheduler";
 
 /// The pod object, if it exists.
 pub fn get_pod(kubeconfig: &Path, ns: &str, name: &str) -> Option<Value> {
