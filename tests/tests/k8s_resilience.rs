@@ -57,6 +57,25 @@ fn wait_running(kc: &Path, ns: &str, name: &str) -> Value {
     pod
 }
 
+/// The bundle directory made read-only (the sink refuses records), and
+/// writable again when dropped, also when the test fails in between: a
+/// directory left read-only would refuse every record of the node's later
+/// runs, whoever runs them.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn new(dir: &Path) -> Self {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o500)).unwrap();
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = fs::set_permissions(&self.0, fs::Permissions::from_mode(0o700));
+    }
+}
+
 fn one_record(uid: &str, timeout: Duration) -> Value {
     let mut all = bundles();
     wait_until(&format!("a record for pod {uid}"), timeout, || {
@@ -329,7 +348,7 @@ fn kill_restart_and_api_server_outage() {
     wait_until("checkpoints in the spool", Duration::from_secs(30), || {
         in_spool(b"/gate/long.before") && in_spool(b"/gate/ends.before")
     });
-    fs::set_permissions(&bundle_dir, fs::Permissions::from_mode(0o500)).unwrap();
+    let refusing = ReadOnly::new(&bundle_dir);
     let quick = shell_pod(
         &ns,
         "quick",
@@ -362,7 +381,7 @@ fn kill_restart_and_api_server_outage() {
         || shared.join("long.during").exists(),
     );
     let down_write_at = wall_now();
-    fs::set_permissions(&bundle_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    drop(refusing);
     wait_new_daemon(old, killed_at);
     // It found the programs the dead daemon pinned still attached.
     assert_eq!(stats()["probes"]["adopted"], true, "{}", stats());
