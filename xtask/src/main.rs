@@ -47,8 +47,8 @@ enum Command {
     /// End to end on a local cluster: cluster, image, DaemonSet, a
     /// two-task OSMO-shaped workflow, bundles, roar's lineage graph.
     Run(k8s_demo::Args),
-    /// The cluster tests (tests/tests/k8s_e2e.rs, k8s_resilience.rs,
-    /// chart.rs): cluster up if needed (~15 s; ~6.5 min the first time on a
+    /// The cluster tests (tests/tests/k8s_*.rs: e2e, resilience,
+    /// attribution, contract, chart): cluster up if needed (~15 s; ~6.5 min the first time on a
     /// machine), images pushed to its registry, roar-node installed by the
     /// Helm chart, then the tests with ROAR_NODE_K8S=1.
     E2eK8s(test::Args),
