@@ -427,6 +427,15 @@ pub fn documented_cli_templates() -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("docs/osmo.md JSON: {e}\n{text}"))
 }
 
+/// The hash a record gives its write of `path`.
+pub fn write_hash(rec: &Value, path: &str) -> Option<String> {
+    rec["writes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["path"] == path)
+        .and_then(|a| a["hash"].as_str().map(String::from))
+}
+
 /// Polls `ok` every 250 ms until it holds; fails, saying `what`, after
 /// `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {

@@ -21,7 +21,7 @@ use std::{
 };
 
 use roar_node_tests::{k8s::*, *};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -95,17 +95,9 @@ fn wait_daemon_watching() {
             let s = std::panic::catch_unwind(stats).unwrap_or(Value::Null);
             s["time"].as_f64().is_some_and(|t| wall_now() - t < 3.0)
                 && s["watch_healthy"] == true
-                && s["watch_held"] == false
+                && s["watch_held"] != true
         },
     );
-}
-
-fn write_hash(rec: &Value, path: &str) -> Option<String> {
-    rec["writes"]
-        .as_array()?
-        .iter()
-        .find(|a| a["path"] == path)
-        .and_then(|a| a["hash"].as_str().map(String::from))
 }
 
 /// The daemon's test-only hold on its pod watch (the file it watches for),
@@ -239,40 +231,56 @@ fn cgroups_whose_creation_events_were_lost_are_found_again() {
     create_namespace(&kc, &ns);
     // The flood: distinct files (repeats are suppressed in the kernel)
     // with 200-byte names (an event carries its path: ~330 bytes each),
-    // created by one exec of touch per 10,000 names, until told to stop;
-    // under /tmp, which records leave out (counted), so that its record
-    // does not hash them all.
+    // 80,000 of them (one exec of touch per 10,000 names), half again what
+    // the 16 MiB ring buffer holds, made only once the daemon is stopped
+    // (`/gate/flood.go`); `/gate/flood.filled` says they are made. Under
+    // /tmp, which records leave out (counted), so that its record does not
+    // hash them all.
     create(
         &kc,
-        &shell_pod(
-            &ns,
-            "flood",
-            "mkdir -p /tmp/f && cd /tmp/f && i=0; \
-             long=$(printf '%0200d' 0); \
-             while [ ! -e /tmp/stop ] && [ $i -lt 12 ]; do \
-               seq 1 10000 | sed \"s/^/$i-$long-/\" | xargs touch; i=$((i+1)); done; \
-             while [ ! -e /tmp/stop ]; do sleep 0.1; done",
-            true,
+        &with_volume(
+            shell_pod(
+                &ns,
+                "flood",
+                "mkdir -p /tmp/f && cd /tmp/f && long=$(printf '%0200d' 0); \
+                 while [ ! -e /gate/flood.go ]; do sleep 0.1; done; \
+                 i=0; while [ $i -lt 8 ]; do \
+                   seq 1 10000 | sed \"s/^/$i-$long-/\" | xargs touch; i=$((i+1)); done; \
+                 echo filled > /gate/flood.filled; \
+                 while [ ! -e /tmp/stop ]; do sleep 0.1; done",
+                true,
+            ),
+            json!({"name": "gate", "hostPath": {"path": shared, "type": "Directory"}}),
+            "/gate",
+            false,
         ),
     );
     wait_until("flood runs", Duration::from_secs(90), || {
         phase(&kc, &ns, "flood") == "Running"
     });
     let flood_uid = uid_of(&get_pod(&kc, &ns, "flood").unwrap());
+    wait_traced(&flood_uid);
     let daemon = daemon_pid().expect("the roar-node daemon runs");
     signal(daemon, "-STOP");
-    // More than the 16 MiB ring buffer holds: ~50,000 of its events.
-    std::thread::sleep(Duration::from_secs(12));
-    create(&kc, &gated_pod(&ns, "target", &shared, &[("go", "after")]));
-    let started = Instant::now();
+    let stopped = Instant::now();
+    // Settled: the flood is made, then the target pod runs, both while the
+    // daemon is stopped (SIGCONT whatever happens: a daemon left stopped
+    // would fail every later test).
     let waited = std::panic::catch_unwind(|| {
+        fs::write(shared.join("flood.go"), "").unwrap();
+        wait_until("the flood is made", Duration::from_secs(40), || {
+            shared.join("flood.filled").exists()
+        });
+        create(&kc, &gated_pod(&ns, "target", &shared, &[("go", "after")]));
         wait_until("target runs", Duration::from_secs(15), || {
             shared.join("target.before").exists()
         })
     });
     signal(daemon, "-CONT");
-    waited.expect("target runs while the daemon is stopped");
-    assert!(started.elapsed() < Duration::from_secs(20));
+    waited.expect("the flood is made and target runs while the daemon is stopped");
+    // Stopped for less than the liveness probe allows (60 s): the daemon
+    // that continues is the one that was stopped.
+    assert!(stopped.elapsed() < Duration::from_secs(58));
     let target_uid = uid_of(&get_pod(&kc, &ns, "target").unwrap());
     // Settled: the daemon traces it (it is in the spool).
     wait_traced(&target_uid);

@@ -115,14 +115,6 @@ fn wrote(rec: &Value, path: &str, content: &[u8]) -> bool {
     listed && (hashed || explained)
 }
 
-fn write_hash(rec: &Value, path: &str) -> Option<String> {
-    rec["writes"]
-        .as_array()?
-        .iter()
-        .find(|a| a["path"] == path)
-        .and_then(|a| a["hash"].as_str().map(String::from))
-}
-
 /// The local cluster's API server, stopped and started again with the
 /// same command line (as `deploy/k8s-local/up.sh` started it).
 struct ApiServer {
