@@ -416,3 +416,76 @@ pub fn wall_now() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
+
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub fn kill9(pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// A new daemon process, and it has written its stats since `after`.
+pub fn wait_new_daemon(old: u32, after: f64) {
+    wait_until(
+        "the kubelet restarts roar-node",
+        Duration::from_secs(90),
+        || {
+            daemon_pid().is_some_and(|p| p != old)
+                && std::panic::catch_unwind(stats)
+                    .ok()
+                    .and_then(|s| s["time"].as_f64())
+                    .is_some_and(|t| t > after)
+        },
+    );
+}
+
+/// GET on the daemon's metrics port (host network in the local cluster):
+/// status code and body.
+pub fn http_get(path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", 9477)) else {
+        return (0, String::new());
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// One sample of /metrics, by its exact series name (with labels).
+pub fn metric(series: &str) -> Option<f64> {
+    http_get("/metrics").1.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -18,6 +18,7 @@ use std::{
 };
 
 pub mod k8s;
+pub mod s3;
 
 use serde_json::Value;
 

@@ -36,6 +36,9 @@ pub fn run(_: Args) -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     mounts()?;
+    // The Python the tests drive: roar-cli, and moto's S3 server.
+    util::roar_venv()?;
+    util::s3_venv()?;
     eprintln!("setup: ok");
     Ok(())
 }

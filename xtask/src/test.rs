@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::util::{self, build_release, is_root, roar_venv, root};
+use crate::util::{self, build_release, is_root, roar_venv, root, s3_venv};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,10 +35,12 @@ fn cargo_test(args: &Args, k8s: bool, only: &[&str]) -> anyhow::Result<()> {
     }
     let bin = build_release()?;
     let venv = roar_venv()?;
+    let s3_venv = s3_venv()?;
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root())
         .env("ROAR_NODE_BIN", &bin)
         .env("ROAR_VENV", &venv)
+        .env("ROAR_NODE_S3_VENV", &s3_venv)
         .arg("test")
         .arg("--release");
     if only.is_empty() {

@@ -76,6 +76,19 @@ pub fn roar_venv() -> anyhow::Result<PathBuf> {
     Ok(venv)
 }
 
+/// moto's S3 server (and boto3) in a venv, for the object-store sink
+/// tests: a real S3 protocol server the tests start themselves.
+pub const MOTO: &str = "moto[server]==5.2.5";
+
+pub fn s3_venv() -> anyhow::Result<PathBuf> {
+    let venv = root().join("target/s3-venv");
+    if !venv.join("bin/moto_server").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", MOTO]))?;
+    }
+    Ok(venv)
+}
+
 /// Makes `dir` a roar project (git and `roar init`), ingests the bundles
 /// in `bundles` with `roar k8s ingest-bundles`, and prints `roar dag`.
 pub fn roar_graph(dir: &Path, bundles: &Path) -> anyhow::Result<()> {

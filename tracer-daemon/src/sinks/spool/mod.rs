@@ -107,6 +107,11 @@ pub(crate) struct Spool {
     /// When this process spooled each undelivered record (absent: a
     /// previous daemon did).
     spooled_at: BTreeMap<String, std::time::Instant>,
+    /// Bytes of the undelivered records' bundles.
+    undelivered_bytes: u64,
+    /// When this process opened the spool (the earliest it knows a record
+    /// a previous daemon left was waiting).
+    opened_at: std::time::Instant,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -177,7 +182,14 @@ impl Spool {
             checkpoints_bytes: frames.values().map(|f| f.len() as u64).sum(),
             checkpoints: frames,
             spooled_at: BTreeMap::new(),
+            undelivered_bytes: 0,
+            opened_at: std::time::Instant::now(),
         };
+        spool.undelivered_bytes = spool
+            .undelivered
+            .values()
+            .map(|r| r.bundle_json.len() as u64)
+            .sum();
         spool.compact()?;
         Ok((spool, rec))
     }
@@ -325,7 +337,10 @@ impl Spool {
     pub(crate) fn record_ready(&mut self, r: pb::RecordReady) -> Result<(), SpoolError> {
         self.open.remove(&r.task_id);
         self.forget_checkpoint(&r.task_id);
-        self.undelivered.insert(r.bundle_file.clone(), r.clone());
+        self.undelivered_bytes += r.bundle_json.len() as u64;
+        if let Some(old) = self.undelivered.insert(r.bundle_file.clone(), r.clone()) {
+            self.undelivered_bytes -= old.bundle_json.len() as u64;
+        }
         self.spooled_at
             .insert(r.bundle_file.clone(), std::time::Instant::now());
         self.append(Kind::RecordReady(r), true)
@@ -334,9 +349,10 @@ impl Spool {
     /// The record is in its bundle file.
     pub(crate) fn delivered(&mut self, bundle_file: &str) -> Result<(), SpoolError> {
         self.spooled_at.remove(bundle_file);
-        if self.undelivered.remove(bundle_file).is_none() {
+        let Some(old) = self.undelivered.remove(bundle_file) else {
             return Ok(());
-        }
+        };
+        self.undelivered_bytes -= old.bundle_json.len() as u64;
         self.append(
             Kind::RecordDelivered(pb::RecordDelivered {
                 bundle_file: bundle_file.into(),
@@ -368,6 +384,26 @@ impl Spool {
 
     pub(crate) fn undelivered_count(&self) -> usize {
         self.undelivered.len()
+    }
+
+    /// Bytes of the records waiting for delivery.
+    pub(crate) fn undelivered_bytes(&self) -> u64 {
+        self.undelivered_bytes
+    }
+
+    /// How long the oldest record has been waiting (for a record a
+    /// previous daemon left: at least since this one started).
+    pub(crate) fn oldest_waiting(&self) -> Option<std::time::Duration> {
+        self.undelivered
+            .keys()
+            .map(|k| {
+                self.spooled_at
+                    .get(k)
+                    .copied()
+                    .unwrap_or(self.opened_at)
+                    .elapsed()
+            })
+            .max()
     }
 
     pub(crate) fn heartbeat(&mut self) -> Result<(), SpoolError> {
@@ -403,6 +439,7 @@ mod tests {
             task_id: id.into(),
             bundle_file: file.into(),
             bundle_json: b"{\"fragments\":[]}\n".to_vec().into(),
+            owner: None,
         }
     }
 
