@@ -104,7 +104,10 @@ impl S3 {
     /// port, so a missing credential never sends a request off the box.
     pub fn env(&self) -> Vec<(String, String)> {
         [
-            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port())),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port()),
+            ),
             ("AWS_ALLOW_HTTP", "true".into()),
             ("AWS_ACCESS_KEY_ID", "roar-test-key".into()),
             ("AWS_SECRET_ACCESS_KEY", "roar-test-secret".into()),
@@ -257,10 +260,7 @@ fn relay(client: TcpStream, to: u16, open: &Mutex<Vec<TcpStream>>) -> io::Result
         o.push(client.try_clone()?);
         o.push(server.try_clone()?);
     }
-    for (mut from, mut into) in [
-        (client.try_clone()?, server.try_clone()?),
-        (server, client),
-    ] {
+    for (mut from, mut into) in [(client.try_clone()?, server.try_clone()?), (server, client)] {
         thread::spawn(move || {
             let _ = io::copy(&mut from, &mut into);
             let _ = into.shutdown(Shutdown::Write);

@@ -61,7 +61,14 @@ fn configure(kc: &Path, vars: &[(&str, Option<String>)], secret: bool) {
     if secret {
         kubectl_ok(
             kc,
-            &["-n", NS, "set", "env", "ds/roar-node", &format!("--from=secret/{SECRET}")],
+            &[
+                "-n",
+                NS,
+                "set",
+                "env",
+                "ds/roar-node",
+                &format!("--from=secret/{SECRET}"),
+            ],
             None,
         );
     }
@@ -89,7 +96,12 @@ fn ready() -> (u16, String) {
 fn tasks_in(s3: &S3, dir: &str) -> Vec<String> {
     s3.keys(dir)
         .iter()
-        .filter_map(|k| k.strip_suffix(".json")?.rsplit('/').next().map(|t| t.replace("=3A", ":")))
+        .filter_map(|k| {
+            k.strip_suffix(".json")?
+                .rsplit('/')
+                .next()
+                .map(|t| t.replace("=3A", ":"))
+        })
         .collect()
 }
 
@@ -148,18 +160,29 @@ fn records_reach_the_bucket_through_outages_crashes_and_bad_configuration() {
         workflow_uuid: id("workflow"),
     };
     create_namespace(&kc, &c.ns);
-    let _ = kubectl(&kc).args(["-n", NS, "delete", "secret", SECRET]).output();
+    let _ = kubectl(&kc)
+        .args(["-n", NS, "delete", "secret", SECRET])
+        .output();
     kubectl_ok(
         &kc,
         &[
-            "-n", NS, "create", "secret", "generic", SECRET,
+            "-n",
+            NS,
+            "create",
+            "secret",
+            "generic",
+            SECRET,
             "--from-literal=AWS_ACCESS_KEY_ID=roar-test-key",
             "--from-literal=AWS_SECRET_ACCESS_KEY=roar-test-secret",
         ],
         None,
     );
     configure(&kc, &sink_env(&s3, &url), true);
-    wait_until("the daemon is ready with its sink", Duration::from_secs(90), || ready().0 == 200);
+    wait_until(
+        "the daemon is ready with its sink",
+        Duration::from_secs(90),
+        || ready().0 == 200,
+    );
 
     workflow_lands_in_the_bucket(&c, &s3, &url);
     store_down_for_30_seconds(&c, &s3);
@@ -171,7 +194,9 @@ fn records_reach_the_bucket_through_outages_crashes_and_bad_configuration() {
     let none: Vec<(&str, Option<String>)> = VARS.iter().map(|v| (*v, None)).collect();
     configure(&kc, &none, false);
     kubectl_ok(&kc, &["-n", NS, "delete", "secret", SECRET], None);
-    let _ = kubectl(&kc).args(["delete", "namespace", &c.ns, "--wait=false"]).output();
+    let _ = kubectl(&kc)
+        .args(["delete", "namespace", &c.ns, "--wait=false"])
+        .output();
     let _ = fs::remove_dir_all(&c.shared);
 }
 
@@ -179,7 +204,11 @@ fn records_reach_the_bucket_through_outages_crashes_and_bad_configuration() {
 /// once, with their index markers; none left on the node; `roar-node
 /// collect --workflow` and roar's DB show the edge.
 fn workflow_lands_in_the_bucket(c: &Cluster, s3: &S3, url: &str) {
-    let produce = c.task("produce", None, "head -c 100000 /dev/urandom > /osmo/data/output/data.bin");
+    let produce = c.task(
+        "produce",
+        None,
+        "head -c 100000 /dev/urandom > /osmo/data/output/data.bin",
+    );
     let produce_uid = c.run(&produce);
     let consume = c.task(
         "consume",
@@ -192,15 +221,28 @@ fn workflow_lands_in_the_bucket(c: &Cluster, s3: &S3, url: &str) {
         format!("{produce_uid}:produce:0:0"),
         format!("{consume_uid}:consume:0:0"),
     ];
-    wait_until("both user tasks' records in the bucket", Duration::from_secs(60), || {
-        let got = tasks_in(s3, &dir);
-        want.iter().all(|w| got.contains(w))
-    });
+    wait_until(
+        "both user tasks' records in the bucket",
+        Duration::from_secs(60),
+        || {
+            let got = tasks_in(s3, &dir);
+            want.iter().all(|w| got.contains(w))
+        },
+    );
     for t in &want {
         let e = t.replace(':', "=3A");
         let keys = s3.keys(&format!("{PREFIX}/"));
-        assert_eq!(keys.iter().filter(|k| k.ends_with(&format!("/{e}.json"))).count(), 1, "{keys:?}");
-        assert!(keys.contains(&format!("{PREFIX}/_by-workflow/sink-1/{}/{e}", c.ns)), "{keys:?}");
+        assert_eq!(
+            keys.iter()
+                .filter(|k| k.ends_with(&format!("/{e}.json")))
+                .count(),
+            1,
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&format!("{PREFIX}/_by-workflow/sink-1/{}/{e}", c.ns)),
+            "{keys:?}"
+        );
     }
     wait_until("the spool is empty", Duration::from_secs(30), || {
         stats()["spool"]["undelivered"] == 0
@@ -213,7 +255,15 @@ fn workflow_lands_in_the_bucket(c: &Cluster, s3: &S3, url: &str) {
     let w = Work::new("k8s-collect");
     let out = w.path("collected");
     let o = Command::new(bin())
-        .args(["collect", "--from", url, "--workflow", "sink-1", "--out", out.to_str().unwrap()])
+        .args([
+            "collect",
+            "--from",
+            url,
+            "--workflow",
+            "sink-1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .envs(s3.env())
         .output()
         .unwrap();
@@ -238,13 +288,20 @@ fn store_down_for_30_seconds(c: &Cluster, s3: &S3) {
     let down_at = Instant::now();
     s3.set_down(true);
     let uid = c.run(&c.task("offline", None, "echo offline > /osmo/data/output/o.txt"));
-    wait_until("the record waits in the spool", Duration::from_secs(60), || {
-        metric("roar_node_records_spooled").is_some_and(|n| n >= 1.0)
-            && metric("roar_node_sink_up") == Some(0.0)
-    });
+    wait_until(
+        "the record waits in the spool",
+        Duration::from_secs(60),
+        || {
+            metric("roar_node_records_spooled").is_some_and(|n| n >= 1.0)
+                && metric("roar_node_sink_up") == Some(0.0)
+        },
+    );
     let (code, body) = ready();
     assert_eq!(code, 503, "{body}");
-    assert!(body.contains("sink refuses records") && body.contains("store unreachable"), "{body}");
+    assert!(
+        body.contains("sink refuses records") && body.contains("store unreachable"),
+        "{body}"
+    );
     while down_at.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -253,9 +310,11 @@ fn store_down_for_30_seconds(c: &Cluster, s3: &S3) {
     assert!(records_of_uid(s3, &uid).is_empty());
     let redelivered = metric("roar_node_records_redelivered_total").unwrap_or(0.0);
     s3.set_down(false);
-    wait_until("the record arrives after the outage", Duration::from_secs(120), || {
-        !records_of_uid(s3, &uid).is_empty()
-    });
+    wait_until(
+        "the record arrives after the outage",
+        Duration::from_secs(120),
+        || !records_of_uid(s3, &uid).is_empty(),
+    );
     wait_until("the spool empties", Duration::from_secs(30), || {
         metric("roar_node_records_spooled") == Some(0.0) && metric("roar_node_sink_up") == Some(1.0)
     });
@@ -269,17 +328,25 @@ fn store_down_for_30_seconds(c: &Cluster, s3: &S3) {
 fn killed_during_an_upload(c: &Cluster, s3: &S3) {
     s3.freeze(true);
     let uid = c.run(&c.task("crash", None, "echo crash > /osmo/data/output/c.txt"));
-    wait_until("the record is spooled, its upload hanging", Duration::from_secs(60), || {
-        stats()["spool"]["undelivered"].as_u64().is_some_and(|n| n >= 1)
-    });
+    wait_until(
+        "the record is spooled, its upload hanging",
+        Duration::from_secs(60),
+        || {
+            stats()["spool"]["undelivered"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        },
+    );
     let old = daemon_pid().expect("a daemon");
     let after = wall_now();
     kill9(old);
     s3.freeze(false);
     wait_new_daemon(old, after);
-    wait_until("the record arrives after the restart", Duration::from_secs(120), || {
-        !records_of_uid(s3, &uid).is_empty()
-    });
+    wait_until(
+        "the record arrives after the restart",
+        Duration::from_secs(120),
+        || !records_of_uid(s3, &uid).is_empty(),
+    );
     wait_until("the spool empties", Duration::from_secs(60), || {
         stats()["spool"]["undelivered"] == 0
     });
@@ -317,24 +384,36 @@ fn bad_configuration_keeps_records_in_the_spool(c: &Cluster, s3: &S3, url: &str)
     let mut waiting = Vec::new();
     for (bad, secret, says) in cases {
         configure(&c.kc, &sink_env(s3, &bad), secret);
-        wait_until(&format!("/readyz says {says}"), Duration::from_secs(60), || {
-            let (code, body) = ready();
-            code == 503 && body.contains(says)
-        });
+        wait_until(
+            &format!("/readyz says {says}"),
+            Duration::from_secs(60),
+            || {
+                let (code, body) = ready();
+                code == 503 && body.contains(says)
+            },
+        );
         let logs = daemon_logs(&c.kc);
         let lines: Vec<&str> = logs.lines().filter(|l| l.contains(says)).collect();
         assert!(!lines.is_empty(), "the log says {says}:\n{logs}");
         assert!(!logs.contains("roar-test-secret"), "no secret in the log");
         let uid = c.run(&c.task("spooled", None, "echo kept > /osmo/data/output/k.txt"));
         let n = waiting.len() as u64 + 1;
-        wait_until("the record is in the spool", Duration::from_secs(60), || {
-            stats()["spool"]["undelivered"].as_u64().is_some_and(|u| u >= n)
-        });
+        wait_until(
+            "the record is in the spool",
+            Duration::from_secs(60),
+            || {
+                stats()["spool"]["undelivered"]
+                    .as_u64()
+                    .is_some_and(|u| u >= n)
+            },
+        );
         waiting.push(uid);
     }
     configure(&c.kc, &sink_env(s3, url), true);
-    wait_until("the waiting records are delivered", Duration::from_secs(120), || {
-        waiting.iter().all(|u| records_of_uid(s3, u).len() == 1)
-    });
+    wait_until(
+        "the waiting records are delivered",
+        Duration::from_secs(120),
+        || waiting.iter().all(|u| records_of_uid(s3, u).len() == 1),
+    );
     wait_until("ready again", Duration::from_secs(60), || ready().0 == 200);
 }

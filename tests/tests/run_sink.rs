@@ -61,7 +61,11 @@ fn run_puts_its_record_into_the_bucket_under_the_layout() {
     assert!(!w.path("unused").exists(), "the node keeps no copy");
     let writes = &bundle["fragments"][0]["writes"];
     assert!(
-        writes.as_array().unwrap().iter().any(|r| r["path"] == w.s("out.txt")),
+        writes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["path"] == w.s("out.txt")),
         "{writes}"
     );
 }
@@ -75,15 +79,41 @@ fn collect_then_ingest_shows_the_dag_edge() {
     let url = s3.url("p");
     let w = Work::new("sink-collect");
     w.write("data/raw.csv", "b,2\na,1\n");
-    run_into(&s3, &w, &url, &["--workflow", "wf-a", "--name", "prepare"], "sort data/raw.csv > data/sorted.csv");
-    run_into(&s3, &w, &url, &["--workflow", "wf-a", "--name", "summarize"], "head -1 data/sorted.csv > data/top.csv");
-    run_into(&s3, &w, &url, &["--workflow", "wf-b", "--name", "other"], "cat data/raw.csv > data/copy.csv");
+    run_into(
+        &s3,
+        &w,
+        &url,
+        &["--workflow", "wf-a", "--name", "prepare"],
+        "sort data/raw.csv > data/sorted.csv",
+    );
+    run_into(
+        &s3,
+        &w,
+        &url,
+        &["--workflow", "wf-a", "--name", "summarize"],
+        "head -1 data/sorted.csv > data/top.csv",
+    );
+    run_into(
+        &s3,
+        &w,
+        &url,
+        &["--workflow", "wf-b", "--name", "other"],
+        "cat data/raw.csv > data/copy.csv",
+    );
 
     let out = w.path("collected");
     let (code, said) = roar_node(
         &s3,
         &w.dir,
-        &["collect", "--from", &url, "--workflow", "wf-a", "--out", out.to_str().unwrap()],
+        &[
+            "collect",
+            "--from",
+            &url,
+            "--workflow",
+            "wf-a",
+            "--out",
+            out.to_str().unwrap(),
+        ],
     );
     assert_eq!(code, Some(0), "{said}");
     assert!(
@@ -91,7 +121,10 @@ fn collect_then_ingest_shows_the_dag_edge() {
             && said.contains("roar k8s ingest-bundles"),
         "{said}"
     );
-    let files: Vec<_> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let files: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(files.len(), 2, "{files:?}");
 
     let roar = Roar::get();
@@ -111,8 +144,14 @@ fn collect_then_ingest_shows_the_dag_edge() {
 
     // --since in the future: nothing; an unknown workflow: said so.
     for (args, says) in [
-        (vec!["--workflow", "wf-none"], "no records of workflow wf-none in s3://lineage/p"),
-        (vec!["--all", "--since", "2999-01-01T00:00:00Z"], "no records of any task"),
+        (
+            vec!["--workflow", "wf-none"],
+            "no records of workflow wf-none in s3://lineage/p",
+        ),
+        (
+            vec!["--all", "--since", "2999-01-01T00:00:00Z"],
+            "no records of any task",
+        ),
     ] {
         let mut a = vec!["collect", "--from", url.as_str(), "--out"];
         let o = w.s("nothing");
@@ -120,18 +159,36 @@ fn collect_then_ingest_shows_the_dag_edge() {
         a.extend(args);
         let (code, said) = roar_node(&s3, &w.dir, &a);
         assert_eq!(code, Some(125), "{said}");
-        assert!(said.contains(says) && said.trim().lines().count() == 1, "{said}");
+        assert!(
+            said.contains(says) && said.trim().lines().count() == 1,
+            "{said}"
+        );
     }
     // --all: the three of them.
     let all = w.path("all");
-    let (code, said) = roar_node(&s3, &w.dir, &["collect", "--from", &url, "--all", "--out", all.to_str().unwrap()]);
+    let (code, said) = roar_node(
+        &s3,
+        &w.dir,
+        &[
+            "collect",
+            "--from",
+            &url,
+            "--all",
+            "--out",
+            all.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, Some(0), "{said}");
-    assert!(said.contains("collected 3 records (3 tasks, 2 workflows,"), "{said}");
+    assert!(
+        said.contains("collected 3 records (3 tasks, 2 workflows,"),
+        "{said}"
+    );
 }
 
 /// The store unreachable: the command still runs (a warning first); if
 /// the store still refuses at the end, the record is kept on disk, said
-/// where, never lost.
+/// where, never lost, and roar-node exits 125 (as for a bundle directory
+/// that refused it: the record is not where it was asked to go).
 #[test]
 fn store_down_keeps_the_record_in_the_fallback_directory() {
     let s3 = S3::start("down");
@@ -140,13 +197,19 @@ fn store_down_keeps_the_record_in_the_fallback_directory() {
     let fallback = w.path("unsent");
     let out = Command::new(bin())
         .current_dir(&w.dir)
-        .args(["run", "--sink", &s3.url("x"), "--fallback-dir", fallback.to_str().unwrap()])
-        .args(["--", "sh", "-c", "echo ran > ran.txt; exit 3"])
+        .args([
+            "run",
+            "--sink",
+            &s3.url("x"),
+            "--fallback-dir",
+            fallback.to_str().unwrap(),
+        ])
+        .args(["--", "sh", "-c", "echo ran > ran.txt"])
         .envs(s3.env())
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "the command's exit code: {said}");
+    assert_eq!(out.status.code(), Some(125), "{said}");
     assert!(w.path("ran.txt").exists(), "the command ran");
     assert!(said.contains("store unreachable"), "{said}");
     assert!(said.contains("it was kept in"), "{said}");

@@ -46,7 +46,7 @@ enum Command {
     /// End to end on a local cluster: cluster, image, DaemonSet, a
     /// two-task OSMO-shaped workflow, bundles, roar's lineage graph.
     Run(k8s_demo::Args),
-    /// The cluster tests (tests/tests/k8s_e2e.rs, k8s_resilience.rs): cluster up if
+    /// The cluster tests (tests/tests/k8s_e2e.rs, k8s_resilience.rs, k8s_sink.rs): cluster up if
     /// needed (~15 s; ~6.5 min the first time on a machine), DaemonSet,
     /// task image, then the test with ROAR_NODE_K8S=1.
     E2eK8s(test::Args),

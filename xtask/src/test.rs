@@ -89,5 +89,5 @@ pub fn run_k8s(args: Args) -> anyhow::Result<()> {
         bail!("the cluster test runs a local Kubernetes cluster: run it as root");
     }
     crate::cluster::prepare_e2e()?;
-    cargo_test(&args, true, &["k8s_e2e", "k8s_resilience"])
+    cargo_test(&args, true, &["k8s_e2e", "k8s_resilience", "k8s_sink"])
 }

@@ -51,8 +51,9 @@ fn parse_since(s: &str) -> Result<SystemTime, String> {
     if let Ok(ago) = humantime::parse_duration(s) {
         return Ok(SystemTime::now() - ago);
     }
-    humantime::parse_rfc3339_weak(s)
-        .map_err(|e| format!("{s:?}: neither a duration (2h) nor a time (2026-05-01T12:00:00Z): {e}"))
+    humantime::parse_rfc3339_weak(s).map_err(|e| {
+        format!("{s:?}: neither a duration (2h) nor a time (2026-05-01T12:00:00Z): {e}")
+    })
 }
 
 pub(super) async fn run(args: CollectArgs) -> anyhow::Result<i32> {
@@ -60,11 +61,7 @@ pub(super) async fn run(args: CollectArgs) -> anyhow::Result<i32> {
         bail!("say what to collect: --workflow WF_ID and/or --namespace NS, or --all");
     }
     let source = if args.from == "cluster" {
-        cluster_source(
-            args.kubeconfig,
-            args.daemon_namespace,
-            args.daemon_selector,
-        )
+        cluster_source(args.kubeconfig, args.daemon_namespace, args.daemon_selector)
     } else {
         Source::Store(args.from)
     };

@@ -162,12 +162,7 @@ impl RecordJob {
     }
 }
 
-fn deliver(
-    delivery: &Delivery,
-    counters: &RecordThreads,
-    task_id: &str,
-    record: Record,
-) {
+fn deliver(delivery: &Delivery, counters: &RecordThreads, task_id: &str, record: Record) {
     let big = record.summary.reads + record.summary.writes > 10_000;
     let s = &record.summary;
     match delivery.deliver(task_id, &record) {

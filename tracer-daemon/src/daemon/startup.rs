@@ -31,7 +31,9 @@ use crate::{
     probes::ProbeOptions,
     records::path_filters::PathFilterConfig,
     sinks::{
-        Delivery, bundle::LocalCopies, make_sink,
+        Delivery,
+        bundle::LocalCopies,
+        make_sink,
         spool::{Recovered, SharedSpool},
     },
 };

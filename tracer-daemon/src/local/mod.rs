@@ -151,8 +151,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<Outcome> {
 /// store still refuses at the end the record is kept in the fallback
 /// directory.
 fn ready_delivery(config: &Config) -> anyhow::Result<Delivery> {
-    let sink = make_sink(config.sink.as_deref(), &config.bundle_dir, None)
-        .context("bundle directory")?;
+    let sink =
+        make_sink(config.sink.as_deref(), &config.bundle_dir, None).context("bundle directory")?;
     match tokio::task::block_in_place(|| sink.check()) {
         Ok(()) => {}
         Err(SinkError::Store(e)) if e.problem == Problem::Unreachable => {

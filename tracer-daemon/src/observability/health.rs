@@ -145,7 +145,9 @@ impl Health {
             missing.push("daemon loop stalled".into());
         }
         if let Some(why) = &*self.sink_problem.lock().unwrap_or_else(|e| e.into_inner()) {
-            missing.push(format!("sink refuses records ({why}); they wait in the spool"));
+            missing.push(format!(
+                "sink refuses records ({why}); they wait in the spool"
+            ));
         }
         if missing.is_empty() {
             Ok(())

@@ -304,7 +304,9 @@ mod tests {
     #[test]
     fn budget_refuses_what_would_pass_it() {
         let root = tempfile::tempdir().unwrap();
-        let dir = BundleDir::new(root.path().join("b")).unwrap().with_budget(Some(25));
+        let dir = BundleDir::new(root.path().join("b"))
+            .unwrap()
+            .with_budget(Some(25));
         let owner = crate::records::Owner::default();
         let put = |name: &str, len: usize| {
             let bytes = bytes::Bytes::from(vec![b'x'; len]);
@@ -318,7 +320,17 @@ mod tests {
         put("roar-fragments-a.json", 10).unwrap();
         put("roar-fragments-b.json", 10).unwrap();
         let e = put("roar-fragments-c.json", 10).unwrap_err();
-        assert!(matches!(e, SinkError::Full { used: 20, budget: 25, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                SinkError::Full {
+                    used: 20,
+                    budget: 25,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("--bundle-dir-max-bytes"), "{e}");
         put("roar-fragments-b.json", 15).unwrap();
         assert_eq!(dir.used_bytes(), 25);

@@ -202,7 +202,11 @@ impl Delivery {
     }
 
     /// Delivers one record of task `task_id`.
-    pub(crate) fn deliver(&self, task_id: &str, record: &Record) -> Result<Delivered, DeliveryError> {
+    pub(crate) fn deliver(
+        &self,
+        task_id: &str,
+        record: &Record,
+    ) -> Result<Delivered, DeliveryError> {
         let name = record.bundle.file_name();
         let bytes = bytes::Bytes::from(bundle_bytes(record)?);
         let item = Item {
@@ -235,7 +239,13 @@ impl Delivery {
         let mut s = spool.lock();
         if s.undelivered_bytes() + item.bytes.len() as u64 > self.budgets.spool_bytes {
             self.stats.over_spool_budget.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(task = item.task_id, waiting = s.undelivered_count(), bytes = s.undelivered_bytes(), budget = self.budgets.spool_bytes, "spool: over its budget (the sink has refused records for long): this record is put directly, or kept in the fallback directory; the waiting ones stay");
+            tracing::error!(
+                task = item.task_id,
+                waiting = s.undelivered_count(),
+                bytes = s.undelivered_bytes(),
+                budget = self.budgets.spool_bytes,
+                "spool: over its budget (the sink has refused records for long): this record is put directly, or kept in the fallback directory; the waiting ones stay"
+            );
             return Ok(false);
         }
         s.record_ready(pb::RecordReady {

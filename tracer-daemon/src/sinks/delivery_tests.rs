@@ -1,8 +1,8 @@
 use std::fs;
 
 use super::*;
-use crate::sinks::make_sink;
 use crate::records::{BundleName, Record, Summary, fragment::Fragment};
+use crate::sinks::make_sink;
 
 fn record(pod: &str) -> Record {
     Record {
@@ -78,8 +78,8 @@ fn refused_records_wait_then_are_delivered() {
     drop(bad);
 
     let (bad, sink) = Refusing::new(root.path().join("bundles"));
-    let d = Delivery::new(Box::new(sink), fallback)
-        .with_spool(spool(root.path()), Budgets::default());
+    let d =
+        Delivery::new(Box::new(sink), fallback).with_spool(spool(root.path()), Budgets::default());
     let first = d.deliver("t1", &record("b")).unwrap();
     assert!(matches!(first, Delivered::Waiting(_)), "{first:?}");
     assert_eq!(d.stats.errors.load(Ordering::Relaxed), 1);
@@ -111,7 +111,10 @@ fn spool_budget_sends_the_overflow_to_the_fallback() {
             spool_bytes: bundle_bytes(&record("a")).unwrap().len() as u64 + 10,
         },
     );
-    assert!(matches!(d.deliver("t1", &record("a")), Ok(Delivered::Waiting(_))));
+    assert!(matches!(
+        d.deliver("t1", &record("a")),
+        Ok(Delivered::Waiting(_))
+    ));
     let e = d.deliver("t2", &record("b")).unwrap_err();
     assert!(matches!(e, DeliveryError::Kept { .. }), "{e}");
     assert!(fallback.join("roar-fragments-b-c-0.json").exists());

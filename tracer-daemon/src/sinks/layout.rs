@@ -99,9 +99,7 @@ impl Layout {
 
     fn under(&self, parts: &[&str]) -> Path {
         // Segments made by `encode_segment` are valid object_store parts.
-        parts
-            .iter()
-            .fold(self.prefix.clone(), |p, s| p.join(*s))
+        parts.iter().fold(self.prefix.clone(), |p, s| p.join(*s))
     }
 
     /// The record's object.
@@ -113,7 +111,12 @@ impl Layout {
     /// The record's marker in the workflow index.
     pub(crate) fn index_marker(&self, k: &RecordKey) -> Path {
         let task = encode_segment(&k.task_id);
-        self.under(&[BY_WORKFLOW, &part(&k.workflow_id), &part(&k.namespace), &task])
+        self.under(&[
+            BY_WORKFLOW,
+            &part(&k.workflow_id),
+            &part(&k.namespace),
+            &task,
+        ])
     }
 
     /// Lists every record of a workflow (markers: see [`Self::parse_marker`]).
@@ -214,7 +217,11 @@ mod tests {
                     .all(|b| b.is_ascii_alphanumeric() || b"._-=".contains(&b)),
                 "{e}"
             );
-            assert_eq!(Path::from_iter([e.as_str()]).as_ref(), e, "object_store keeps it");
+            assert_eq!(
+                Path::from_iter([e.as_str()]).as_ref(),
+                e,
+                "object_store keeps it"
+            );
             assert_eq!(decode_segment(&e).as_deref(), Some(s), "{e}");
         }
         assert_eq!(encode_segment("uid:main:0:0"), "uid=3Amain=3A0=3A0");
@@ -230,8 +237,12 @@ mod tests {
         let o = owner_from_bundle(b);
         assert_eq!(o.namespace.as_deref(), Some("ns"));
         assert_eq!(o.workflow_id.as_deref(), Some("wf-2"));
-        let flat = owner_from_bundle(br#"{"fragments":[{"backend_metadata":{"k8s_namespace":"n2"}}]}"#);
-        assert_eq!((flat.namespace.as_deref(), flat.workflow_id), (Some("n2"), None));
+        let flat =
+            owner_from_bundle(br#"{"fragments":[{"backend_metadata":{"k8s_namespace":"n2"}}]}"#);
+        assert_eq!(
+            (flat.namespace.as_deref(), flat.workflow_id),
+            (Some("n2"), None)
+        );
         assert_eq!(owner_from_bundle(b"not json"), Default::default());
     }
 
@@ -269,10 +280,16 @@ mod tests {
         );
         assert_eq!(l.parse_record(&l.record(&local)), Some(local));
         // The index is not a namespace.
-        assert_eq!(l.parse_record(&Path::from("roar/records/_by-workflow/w/n.json")), None);
+        assert_eq!(
+            l.parse_record(&Path::from("roar/records/_by-workflow/w/n.json")),
+            None
+        );
         // Without a prefix.
         let bare = Layout::new(Path::default());
-        assert_eq!(bare.record(&k).as_ref(), "osmo-workflows/train-42/u1=3Atrain=3A0=3A0.json");
+        assert_eq!(
+            bare.record(&k).as_ref(),
+            "osmo-workflows/train-42/u1=3Atrain=3A0=3A0.json"
+        );
         assert_eq!(bare.parse_record(&bare.record(&k)), Some(k));
     }
 }

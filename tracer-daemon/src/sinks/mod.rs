@@ -32,13 +32,18 @@ pub(crate) enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// Boxed: a store's error carries text; the variant stays small.
     #[error("{0}")]
-    Store(StoreError),
+    Store(Box<StoreError>),
     #[error(
         "{}: the bundle directory holds {used} bytes, its budget is {budget} (--bundle-dir-max-bytes): collect its records",
         .dir.display()
     )]
-    Full { dir: PathBuf, used: u64, budget: u64 },
+    Full {
+        dir: PathBuf,
+        used: u64,
+        budget: u64,
+    },
 }
 
 /// One record, as a sink is given it.
@@ -87,12 +92,14 @@ pub(crate) fn make_sink(
     bundle_budget: Option<u64>,
 ) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match url {
-        Some(url) => Box::new(
-            object_sink::ObjectSink::new(url).map_err(|source| SinkError::Io {
-                path: "(runtime)".into(),
-                source,
-            })?,
-        ),
+        Some(url) => {
+            Box::new(
+                object_sink::ObjectSink::new(url).map_err(|source| SinkError::Io {
+                    path: "(runtime)".into(),
+                    source,
+                })?,
+            )
+        }
         None => Box::new(BundleDir::new(bundle_dir)?.with_budget(bundle_budget)),
     })
 }

@@ -52,7 +52,9 @@ impl ObjectSink {
     }
 
     fn store(&self) -> Result<&Store, SinkError> {
-        self.store.as_ref().map_err(|e| SinkError::Store(e.clone()))
+        self.store
+            .as_ref()
+            .map_err(|e| SinkError::Store(Box::new(e.clone())))
     }
 
     /// Runs `f` on the sink's runtime and waits for it.
@@ -63,12 +65,12 @@ impl ObjectSink {
         let rt = self.rt.as_ref().expect("the runtime lives until drop");
         let task = rt.spawn(f);
         match futures::executor::block_on(task) {
-            Ok(r) => r.map_err(SinkError::Store),
-            Err(e) => Err(SinkError::Store(StoreError {
+            Ok(r) => r.map_err(|e| SinkError::Store(Box::new(e))),
+            Err(e) => Err(SinkError::Store(Box::new(StoreError {
                 url: self.url.clone(),
                 problem: super::store::Problem::Other,
                 detail: format!("the upload task failed: {e}"),
-            })),
+            }))),
         }
     }
 }

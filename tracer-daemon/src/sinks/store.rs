@@ -214,9 +214,9 @@ impl Store {
                 (Arc::new(s), parsed.path())
             }
             "file" => {
-                let dir = parsed.to_file_path().map_err(|()| {
-                    StoreError::bad_url(url, "write file:///absolute/directory")
-                })?;
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| StoreError::bad_url(url, "write file:///absolute/directory"))?;
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| StoreError::bad_url(url, format!("{}: {e}", dir.display())))?;
                 let s = LocalFileSystem::new_with_prefix(&dir).map_err(fail)?;
@@ -281,7 +281,11 @@ impl Store {
 
     /// Every object under `prefix`, with what a record key is made of.
     /// `marker`: the listing is of the workflow index.
-    pub(crate) async fn list(&self, prefix: &Path, marker: bool) -> Result<Vec<Listed>, StoreError> {
+    pub(crate) async fn list(
+        &self,
+        prefix: &Path,
+        marker: bool,
+    ) -> Result<Vec<Listed>, StoreError> {
         let metas: Vec<_> = self
             .inner
             .list(Some(prefix))
@@ -373,6 +377,10 @@ mod tests {
             assert_eq!(listed[0].key, key);
             assert_eq!(store.get_record(&key).await.unwrap(), "{}");
         });
-        assert!(dir.path().join("records/ns/wf-1/u=3Ac=3A0=3A0.json").is_file());
+        assert!(
+            dir.path()
+                .join("records/ns/wf-1/u=3Ac=3A0=3A0.json")
+                .is_file()
+        );
     }
 }
