@@ -17,33 +17,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{FileLock, workspace};
-
 /// The venv with moto's server and boto3: `ROAR_NODE_S3_VENV` (set by
 /// `cargo xtask test`), else made here on first use.
 pub fn venv() -> PathBuf {
     static VENV: OnceLock<PathBuf> = OnceLock::new();
     VENV.get_or_init(|| {
-        if let Some(v) = std::env::var_os("ROAR_NODE_S3_VENV") {
-            return PathBuf::from(v);
-        }
-        let venv = workspace().join("target/s3-venv");
-        let _lock = FileLock::take(&workspace().join("target/.s3-venv.lock"));
-        if !venv.join("bin/moto_server").exists() {
-            let ok = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .unwrap()
-                .success()
-                && Command::new(venv.join("bin/pip"))
-                    .args(["install", "--quiet", "moto[server]==5.2.5"])
-                    .status()
-                    .unwrap()
-                    .success();
-            assert!(ok, "installing moto[server] from PyPI failed");
-        }
-        venv
+        crate::venv(
+            "ROAR_NODE_S3_VENV",
+            "s3-venv",
+            "bin/moto_server",
+            "moto[server]==5.2.5",
+        )
     })
     .clone()
 }

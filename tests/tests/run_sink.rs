@@ -21,6 +21,13 @@ fn roar_node(s3: &S3, dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// `roar-node collect --from URL --out OUT ARGS`.
+fn collect(s3: &S3, w: &Work, url: &str, out: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut a = vec!["collect", "--from", url, "--out", out.to_str().unwrap()];
+    a.extend_from_slice(args);
+    roar_node(s3, &w.dir, &a)
+}
+
 fn run_into(s3: &S3, w: &Work, url: &str, extra: &[&str], script: &str) -> String {
     let mut args = vec!["run", "--sink", url];
     args.extend_from_slice(extra);
@@ -102,19 +109,7 @@ fn collect_then_ingest_shows_the_dag_edge() {
     );
 
     let out = w.path("collected");
-    let (code, said) = roar_node(
-        &s3,
-        &w.dir,
-        &[
-            "collect",
-            "--from",
-            &url,
-            "--workflow",
-            "wf-a",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let (code, said) = collect(&s3, &w, &url, &out, &["--workflow", "wf-a"]);
     assert_eq!(code, Some(0), "{said}");
     assert!(
         said.contains("collected 2 records (2 tasks, 1 workflows,")
@@ -132,15 +127,11 @@ fn collect_then_ingest_shows_the_dag_edge() {
     let merged = roar.run(&w.dir, &["k8s", "ingest-bundles", out.to_str().unwrap()]);
     assert!(merged.contains("2 fragment(s) merged"), "{merged}");
     let sorted = w.s("data/sorted.csv");
-    let rows = roar.query(
-        &w.dir,
-        &format!(
-            "select o.artifact_id from jobs j1 join job_outputs o on o.job_id = j1.id \
-             join job_inputs i on i.artifact_id = o.artifact_id join jobs j2 on i.job_id = j2.id \
-             where j1.command = 'k8s_task:prepare' and j2.command = 'k8s_task:summarize' and o.path = '{sorted}'"
-        ),
+    assert_eq!(
+        roar.edges(&w.dir, "prepare", "summarize", Some(&sorted)),
+        1,
+        "no edge prepare -> summarize"
     );
-    assert_eq!(rows.len(), 1, "no edge prepare -> summarize");
 
     // --since in the future: nothing; an unknown workflow: said so.
     for (args, says) in [
@@ -153,11 +144,7 @@ fn collect_then_ingest_shows_the_dag_edge() {
             "no records of any task",
         ),
     ] {
-        let mut a = vec!["collect", "--from", url.as_str(), "--out"];
-        let o = w.s("nothing");
-        a.push(&o);
-        a.extend(args);
-        let (code, said) = roar_node(&s3, &w.dir, &a);
+        let (code, said) = collect(&s3, &w, &url, &w.path("nothing"), &args);
         assert_eq!(code, Some(125), "{said}");
         assert!(
             said.contains(says) && said.trim().lines().count() == 1,
@@ -165,19 +152,7 @@ fn collect_then_ingest_shows_the_dag_edge() {
         );
     }
     // --all: the three of them.
-    let all = w.path("all");
-    let (code, said) = roar_node(
-        &s3,
-        &w.dir,
-        &[
-            "collect",
-            "--from",
-            &url,
-            "--all",
-            "--out",
-            all.to_str().unwrap(),
-        ],
-    );
+    let (code, said) = collect(&s3, &w, &url, &w.path("all"), &["--all"]);
     assert_eq!(code, Some(0), "{said}");
     assert!(
         said.contains("collected 3 records (3 tasks, 2 workflows,"),
