@@ -190,10 +190,11 @@ fn records_reach_the_bucket_through_outages_crashes_and_bad_configuration() {
     state_wiped_after_delivery(&c, &s3);
     bad_configuration_keeps_records_in_the_spool(&c, &s3, &url);
 
-    // Back as it was.
+    // Back as it was: no sink, records in the node's bundle directory.
     let none: Vec<(&str, Option<String>)> = VARS.iter().map(|v| (*v, None)).collect();
     configure(&kc, &none, false);
     kubectl_ok(&kc, &["-n", NS, "delete", "secret", SECRET], None);
+    collect_from_the_cluster(&c);
     let _ = kubectl(&kc)
         .args(["delete", "namespace", &c.ns, "--wait=false"])
         .output();
@@ -367,6 +368,33 @@ fn state_wiped_after_delivery(_c: &Cluster, s3: &S3) {
     wait_new_daemon(old, after);
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(s3.keys(&format!("{PREFIX}/")), before);
+}
+
+/// Without a store: `roar-node collect --from cluster` gathers the
+/// namespace's records from the daemon pods through the API server.
+fn collect_from_the_cluster(c: &Cluster) {
+    let uid = c.run(&c.task("local", None, "echo here > /osmo/data/output/l.txt"));
+    wait_until(
+        "the record in the bundle directory",
+        Duration::from_secs(60),
+        || !records_of(&bundles(), &uid).is_empty(),
+    );
+    let w = Work::new("k8s-collect-cluster");
+    let out = w.path("collected");
+    let o = Command::new(bin())
+        .args(["collect", "--from", "cluster", "--namespace", &c.ns])
+        .args(["--out", out.to_str().unwrap()])
+        .env("KUBECONFIG", &c.kc)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{said}");
+    let names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.contains(&uid)), "{names:?}\n{said}");
+    assert!(said.contains("collected "), "{said}");
 }
 
 /// A bucket that does not exist, an unknown scheme, no credentials: the

@@ -223,5 +223,8 @@ fn waiting_bytes_and_age() {
     let (s, rec) = Spool::open(dir.path(), "n1").unwrap();
     assert_eq!(rec.undelivered.len(), 1);
     assert_eq!(s.undelivered_bytes(), one);
-    assert!(s.oldest_waiting().is_some(), "a previous daemon's record waits too");
+    assert!(
+        s.oldest_waiting().is_some(),
+        "a previous daemon's record waits too"
+    );
 }
