@@ -31,11 +31,11 @@ if alive containerd; then  # containers the kubelet did not stop
   for t in $(ctr_ task ls -q 2>/dev/null); do ctr_ task rm -f "$t" >/dev/null 2>&1 || true; done
   for c in $(ctr_ container ls -q 2>/dev/null); do ctr_ container rm "$c" >/dev/null 2>&1 || true; done
 fi
-stop containerd
+stop containerd registry
 # Any daemon or containerd shim of this cluster still alive (should be none).
 for p in $(ls /proc | grep -E '^[0-9]+$'); do
   case $(readlink "/proc/$p/exe" 2>/dev/null) in
-    */containerd|*/containerd-shim*|*/etcd|"$BIN"/*)
+    */containerd|*/containerd-shim*|*/etcd|*/docker-registry|"$BIN"/*)
       if ours "$p"; then echo "killing leftover $p: $(tr '\0' ' ' <"/proc/$p/cmdline")" >&2; kill -9 "$p" || true; fi ;;
   esac
 done

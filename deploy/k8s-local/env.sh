@@ -8,7 +8,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=$K8S_LOCAL_CACHE/bin
 S=$K8S_LOCAL_STATE
 SOCK=$S/containerd/containerd.sock
-PORTS=(2379 2380 6443 10248 10250 10257 10259)  # etcd, apiserver, kubelet, controller-manager, scheduler
+# The image registry (Debian's docker-registry, loopback only): images are pushed there and
+# containerd pulls them, as a node pulls from any registry.
+REGISTRY=${K8S_LOCAL_REGISTRY:-127.0.0.1:5000}
+# etcd, apiserver, kubelet, controller-manager, scheduler, registry
+PORTS=(2379 2380 6443 10248 10250 10257 10259 "${REGISTRY##*:}")
 export KUBECONFIG=$S/kubeconfig
 # apt options for the private deb-src list (nothing under /etc/apt is changed)
 APT_SRC=(-o "Dir::Etc::SourceList=$K8S_LOCAL_CACHE/apt/sources.list" -o "Dir::Etc::SourceParts=/dev/null"

@@ -6,7 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 pkgs=(golang-go golang-github-modern-go-reflect2-dev make gcc libc6-dev dpkg-dev rsync jq
       etcd-server etcd-client containerd runc containernetworking-plugins busybox-static
-      iproute2 util-linux openssl curl python3 ca-certificates)
+      iproute2 util-linux openssl curl python3 ca-certificates docker-registry skopeo)
 need=(); for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Copied from the shared k8s-local harness (/work/shared/k8s-local, see README.md).
-# Start a single-node cluster on 127.0.0.1: containerd, etcd, kube-apiserver, kube-scheduler,
-# kube-controller-manager, kubelet. Waits until the node is Ready and the default service
-# account has its token, then prints KUBECONFIG. $K8S_LOCAL_STATE is wiped first.
+# Start a single-node cluster on 127.0.0.1: an image registry, containerd, etcd, kube-apiserver,
+# kube-scheduler, kube-controller-manager, kubelet. Waits until the node is Ready and the default
+# service account has its token, then prints KUBECONFIG. $K8S_LOCAL_STATE is wiped first.
+# $K8S_LOCAL_PAUSE_IMAGE: the pod sandbox image, an OCI archive (`cargo xtask image pause`);
+# it is pushed to the registry and containerd pulls it from there like every other image.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 for b in kube-apiserver kubelet kube-scheduler kube-controller-manager kubectl; do
   [[ -x $BIN/$b ]] || { echo "missing $BIN/$b: run build.sh" >&2; exit 1; }; done
+pause_image=${K8S_LOCAL_PAUSE_IMAGE:-}
+[[ -f $pause_image ]] || { echo "K8S_LOCAL_PAUSE_IMAGE=$pause_image: no such OCI archive (cargo xtask image pause)" >&2; exit 1; }
+for b in docker-registry skopeo; do
+  command -v "$b" >/dev/null || { echo "missing $b: run install-deps.sh" >&2; exit 1; }; done
 [[ $S == /?*/?* ]] || { echo "K8S_LOCAL_STATE=$S: use a dedicated directory" >&2; exit 1; }
 if [[ -d $S/run ]]; then "$HERE/down.sh" >/dev/null; fi  # an earlier cluster or failed start
 for p in "${PORTS[@]}"; do  # one cluster per host: ports, /kubepods and /var/log/pods are shared
@@ -14,7 +20,7 @@ for p in "${PORTS[@]}"; do  # one cluster per host: ports, /kubepods and /var/lo
 done
 trap 'echo "up.sh failed (line $LINENO); logs in $S/logs; stopping" >&2; "$HERE/down.sh" >/dev/null 2>&1' ERR
 rm -rf --one-file-system "$S"
-mkdir -p "$S"/{pki,run,logs,containerd,kubelet,cni/bin,cni/net.d}
+mkdir -p "$S"/{pki,run,logs,containerd,kubelet,cni/bin,cni/net.d,registry}
 
 start() { # NAME CMD...: run detached (setsid), log to logs/NAME.log, PID to run/NAME.pid
   local name=$1; shift
@@ -52,6 +58,19 @@ KC
 }
 kubeconfig "$S/kubeconfig" admin-token; kubeconfig "$S/kubelet/kubeconfig" node-token
 
+# The registry: Debian's docker-registry (the CNCF distribution registry), on the loopback
+# address only, storage in the state dir (so it starts empty, like the cluster).
+cat >"$S/registry/config.yml" <<EOR
+version: 0.1
+log: {level: warn, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $S/registry/data}, delete: {enabled: true}}
+http: {addr: $REGISTRY}
+EOR
+start registry docker-registry serve "$S/registry/config.yml"
+wait_for registry 20 curl -sf "http://$REGISTRY/v2/"
+skopeo copy --quiet --dest-tls-verify=false "oci-archive:$pause_image" "docker://$REGISTRY/k8s-local/pause:1"
+echo "[$(elapsed)] registry up on $REGISTRY, pause image pushed"
+
 # containerd: private socket and state; CNI = the isolated test plugin + Debian's loopback.
 cp "$HERE/cni/isolated" "$S/cni/bin/"; ln -s /usr/lib/cni/loopback "$S/cni/bin/loopback"
 echo '{"cniVersion":"0.4.0","name":"k8s-local-isolated","plugins":[{"type":"isolated"}]}' \
@@ -67,20 +86,20 @@ state = "$S/containerd/state"
 [plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
-  sandbox_image = "localhost/k8s-local/pause:1"
+  sandbox_image = "$REGISTRY/k8s-local/pause:1"
   # Root in this VM cannot lower oom_score_adj (no CAP_SYS_RESOURCE); without this, runc
   # fails to start containers that get a lower score than containerd's.
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$S/cni/bin"
     conf_dir = "$S/cni/net.d"
+  # The local registry speaks plain HTTP (loopback only); every other registry TLS.
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$REGISTRY"]
+    endpoint = ["http://$REGISTRY"]
 EOC
 start containerd containerd --config "$S/containerd/config.toml"
 wait_for containerd 20 test -S "$SOCK"
-pause=$K8S_LOCAL_CACHE/pause
-[[ $pause -nt $HERE/pause.c ]] || gcc -O2 -static -o "$pause" "$HERE/pause.c"
-"$HERE/image.sh" localhost/k8s-local/pause:1 --binary "$pause" >/dev/null
-echo "[$(elapsed)] containerd up, pause image imported"
+echo "[$(elapsed)] containerd up"
 
 start etcd etcd --name k8s-local --data-dir "$S/etcd" --unsafe-no-fsync \
   --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
@@ -138,7 +157,7 @@ start kubelet "$BIN/kubelet" --config="$S/kubelet/config.yaml" --kubeconfig="$S/
   --root-dir="$S/kubelet/root" --cert-dir="$S/kubelet/pki" --container-runtime=remote \
   --container-runtime-endpoint="unix://$SOCK" --image-service-endpoint="unix://$SOCK" \
   --hostname-override="$K8S_LOCAL_NODE" \
-  --pod-infra-container-image=localhost/k8s-local/pause:1
+  --pod-infra-container-image="$REGISTRY/k8s-local/pause:1"
 wait_for kubelet 60 kubectl_ get node "$K8S_LOCAL_NODE"
 echo "[$(elapsed)] node registered"
 node_ready() { [[ $(kubectl_ get node "$K8S_LOCAL_NODE" \
@@ -148,4 +167,4 @@ echo "[$(elapsed)] node Ready"
 sa_token() { [[ -n $(kubectl_ get sa default -o jsonpath='{.secrets}') ]]; }
 wait_for controller-manager 60 sa_token
 echo "[$(elapsed)] default service account token ready"
-echo "export KUBECONFIG=$S/kubeconfig; kubectl is $BIN/kubectl"
+echo "export KUBECONFIG=$S/kubeconfig; kubectl is $BIN/kubectl; images: $REGISTRY"

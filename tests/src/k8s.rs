@@ -18,8 +18,9 @@ use std::{collections::BTreeMap, fs};
 
 use serde_json::{Value, json};
 
-/// The image with busybox and the osmo_exec stand-in.
-pub const OSMO_IMAGE: &str = "localhost/roar-e2e/osmo:1";
+/// The image with busybox and the osmo_exec stand-in, in the local
+/// cluster's registry (`cargo xtask e2e-k8s` pushes it; the node pulls it).
+pub const OSMO_IMAGE: &str = "127.0.0.1:5000/roar-e2e/osmo:1";
 
 /// One OSMO task.
 #[derive(Clone, Debug)]
@@ -34,7 +35,8 @@ pub struct OsmoTask {
     pub input: Option<String>,
     /// The user command (run by `sh -c` under osmo_exec).
     pub script: String,
-    /// Add `roar-node/trace: "true"` (what an OSMO pod template would).
+    /// Opted in by the pool's pod template documented in docs/osmo.md
+    /// (`roar_node_trace`), applied with OSMO's merge rules.
     pub opt_in: bool,
     /// hostPath shared by all tasks of the workflow.
     pub shared_dir: PathBuf,
@@ -51,7 +53,19 @@ impl OsmoTask {
         self.task_name.to_lowercase().replace('_', "-")
     }
 
+    /// The task pod as OSMO submits it: its base pod, then, when opted
+    /// in, the documented pool template merged in by OSMO's rules.
     pub fn pod(&self) -> Value {
+        let pod = self.base_pod();
+        if !self.opt_in {
+            return pod;
+        }
+        let templates = documented_cli_templates();
+        osmo_render_pod(pod, &[&templates[OPT_IN_TEMPLATE]], &BTreeMap::new())
+    }
+
+    /// The pod OSMO builds before applying any template.
+    pub fn base_pod(&self) -> Value {
         let labels = json!({
             "osmo.workflow_id": format!("{}-1", self.workflow_name),
             "osmo.workflow_uuid": self.workflow_uuid,
@@ -66,10 +80,7 @@ impl OsmoTask {
             "osmo.priority": "NORMAL",
             "osmo.lead_container": "true",
         });
-        let mut annotations = json!({"pod-group-name": self.task_uuid});
-        if self.opt_in {
-            annotations["roar-node/trace"] = json!("true");
-        }
+        let annotations = json!({"pod-group-name": self.task_uuid});
         let osmo_vols = [
             ("osmo-bin", "/osmo/bin"),
             ("osmo-socket", "/osmo/data/socket"),
@@ -114,7 +125,7 @@ impl OsmoTask {
                 "initContainers": [{
                     "name": "osmo-init",
                     "image": OSMO_IMAGE,
-                    "imagePullPolicy": "Never",
+                    "imagePullPolicy": "IfNotPresent",
                     "command": ["/bin/sh", "-c", "cp /osmo_exec /osmo/bin/osmo_exec"],
                     "volumeMounts": mounts,
                 }],
@@ -122,14 +133,14 @@ impl OsmoTask {
                     {
                         "name": "osmo-ctrl",
                         "image": OSMO_IMAGE,
-                        "imagePullPolicy": "Never",
+                        "imagePullPolicy": "IfNotPresent",
                         "command": ["/bin/sh", "-c", ctrl],
                         "volumeMounts": ctrl_mounts,
                     },
                     {
                         "name": self.container_name(),
                         "image": OSMO_IMAGE,
-                        "imagePullPolicy": "Never",
+                        "imagePullPolicy": "IfNotPresent",
                         "command": ["/osmo/bin/osmo_exec", "/bin/sh", "-c", self.script],
                         "volumeMounts": mounts,
                     },
@@ -138,6 +149,128 @@ impl OsmoTask {
             },
         })
     }
+}
+
+// OSMO's pod templates (NVIDIA/OSMO 6.4): how a template named in a pool's
+// `common_pod_template` or a platform's `override_pod_template` becomes
+// part of a task pod. Written from OSMO's rules, not its code:
+// - maps merge key by key, recursively;
+// - a list merges into a list by `name`: an item whose name is already
+//   there merges into that item, any other item is appended;
+// - anything else (scalars, a list over a non-list) replaces;
+// - template strings are rendered with the task's variables; other
+//   values (a YAML boolean, a number) stay what they are;
+// - after the merge OSMO sets its `osmo.*` labels and the platform's
+//   nodeSelector labels again, so a template cannot change them.
+
+/// The opt-in template's name in docs/osmo.md (letters, digits, `_`, `-`).
+pub const OPT_IN_TEMPLATE: &str = "roar_node_trace";
+/// The opt-out template's name in docs/osmo.md.
+pub const OPT_OUT_TEMPLATE: &str = "roar_node_no_trace";
+
+/// Merges `over` into `base` by OSMO's rules.
+pub fn osmo_merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(slot) if slot.is_object() && v.is_object() => osmo_merge(slot, v),
+                    Some(slot) if slot.is_array() && v.is_array() => osmo_merge(slot, v),
+                    Some(slot) => *slot = v.clone(),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o)) => {
+            let mut appended = Vec::new();
+            for item in o {
+                let name = item.get("name").filter(|n| !n.is_null());
+                match name.and_then(|n| b.iter_mut().find(|x| x.get("name") == Some(n))) {
+                    Some(same) => osmo_merge(same, item),
+                    None => appended.push(item.clone()),
+                }
+            }
+            b.extend(appended);
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Renders a template's strings with the task's variables (`{{NAME}}`);
+/// values that are not strings are left as they are.
+pub fn osmo_substitute(t: &mut Value, vars: &BTreeMap<String, String>) {
+    match t {
+        Value::String(s) => {
+            for (k, v) in vars {
+                *s = s.replace(&format!("{{{{{k}}}}}"), v);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| osmo_substitute(x, vars)),
+        Value::Object(m) => m.values_mut().for_each(|x| osmo_substitute(x, vars)),
+        _ => {}
+    }
+}
+
+/// The task pod OSMO submits: `base`, then `templates` in order (a pool's
+/// `common_pod_template`, then its platform's `override_pod_template`),
+/// rendered with `vars`, then the system labels again (the base pod's
+/// `osmo.*` labels and the merged nodeSelector's labels).
+pub fn osmo_render_pod(
+    mut base: Value,
+    templates: &[&Value],
+    vars: &BTreeMap<String, String>,
+) -> Value {
+    let mut merged = json!({});
+    for t in templates {
+        osmo_merge(&mut merged, t);
+    }
+    osmo_substitute(&mut merged, vars);
+    let mut system: serde_json::Map<String, Value> = base["metadata"]["labels"]
+        .as_object()
+        .map(|l| {
+            l.iter()
+                .filter(|(k, _)| k.starts_with("osmo."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(sel) = merged["spec"]["nodeSelector"].as_object() {
+        system.extend(sel.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    osmo_merge(&mut base, &merged);
+    osmo_merge(&mut base, &json!({"metadata": {"labels": system}}));
+    base
+}
+
+/// The fenced code block that follows `<!-- tested: NAME -->` in
+/// docs/osmo.md: the snippets operators copy are the ones tests use.
+pub fn documented_snippet(name: &str) -> String {
+    let path = crate::workspace().join("docs/osmo.md");
+    let doc = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let marker = format!("<!-- tested: {name} -->");
+    let after = doc
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("{}: no {marker}", path.display()))
+        .1;
+    let fence = after
+        .find("```")
+        .unwrap_or_else(|| panic!("no code block after {marker}"));
+    let body = &after[fence..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body
+        .find("\n```")
+        .unwrap_or_else(|| panic!("unclosed block after {marker}"))
+        + 1]
+        .to_string()
+}
+
+/// The templates file of docs/osmo.md's CLI steps (`osmo config update
+/// POD_TEMPLATE --file ...`): template name -> template.
+pub fn documented_cli_templates() -> Value {
+    let text = documented_snippet("osmo-cli-templates");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("docs/osmo.md JSON: {e}\n{text}"))
 }
 
 /// kubectl from the local cluster's cache, with its kubeconfig.
@@ -256,14 +389,73 @@ pub fn exit_code(pod: &Value, container: &str) -> Option<i64> {
         .as_i64()
 }
 
+/// Says a test is skipped, and why; under CI (`CI=true`) a skipped test
+/// is a failure.
+pub fn skip(why: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true and this test cannot run: {why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
 /// Whether the cluster tests run (they need the local cluster with
 /// roar-node deployed: `cargo xtask e2e-k8s`, or `cargo xtask test`).
 pub fn enabled() -> bool {
     if std::env::var("ROAR_NODE_K8S").as_deref() == Ok("1") {
         return true;
     }
-    eprintln!("skipped: set ROAR_NODE_K8S=1 (cargo xtask e2e-k8s) to run on the local cluster");
+    skip("set ROAR_NODE_K8S=1 (cargo xtask e2e-k8s) to run on the local cluster");
     false
+}
+
+/// xtask/helm.py (Helm v4 from helm-python-sdk) run by the Python of
+/// $HELM_VENV (set by `cargo xtask test`), or of target/helm-venv (made by
+/// `cargo xtask setup`); None, said, when neither exists.
+pub fn helm() -> Option<Command> {
+    let venv = std::env::var_os("HELM_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace().join("target/helm-venv"));
+    if !venv.join("bin/python").exists() {
+        skip(&format!(
+            "no Helm venv at {} (cargo xtask setup makes it)",
+            venv.display()
+        ));
+        return None;
+    }
+    let mut c = Command::new(venv.join("bin/python"));
+    c.arg(crate::workspace().join("xtask/helm.py"));
+    Some(c)
+}
+
+/// Runs `cmd` with `stdin`; (success, stdout, stderr).
+pub fn run_with(mut cmd: Command, stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The objects of a YAML stream, read by Helm's own YAML reader.
+pub fn yaml_objects(mut helm: Command, yaml: &str) -> Vec<Value> {
+    helm.arg("yaml2json");
+    let (ok, out, err) = run_with(helm, yaml);
+    assert!(ok, "helm.py yaml2json: {err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 pub fn kubeconfig() -> PathBuf {
@@ -329,7 +521,7 @@ pub fn shell_pod(ns: &str, name: &str, command: &str, opt_in: bool) -> Value {
             "containers": [{
                 "name": "main",
                 "image": OSMO_IMAGE,
-                "imagePullPolicy": "Never",
+                "imagePullPolicy": "IfNotPresent",
                 "command": ["/bin/sh", "-c", command],
             }],
         },

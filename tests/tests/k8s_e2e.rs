@@ -1,22 +1,29 @@
 //! End to end on a real Kubernetes cluster: the roar-node DaemonSet traces
 //! OSMO-shaped task pods (osmo-init, osmo-ctrl, a user container, osmo.*
-//! labels) and a plain opted-in pod, and writes one roar record per traced
-//! container run; pods without (or with a malformed) opt-in get none.
+//! labels, opted in by the pod template of docs/osmo.md) and a plain
+//! opted-in pod, and writes one roar record per traced container run; pods
+//! without (or with a malformed) opt-in get none.
 //!
 //! Runs only with `ROAR_NODE_K8S=1`, against the local single-node cluster
-//! with roar-node deployed: `cargo xtask e2e-k8s` starts the cluster if
-//! needed, deploys, imports the task image and runs this test. Skipped
-//! (and says so) otherwise.
+//! with roar-node installed by the chart: `cargo xtask e2e-k8s` starts the
+//! cluster if needed, pushes the images to its registry, installs the
+//! chart and runs this test. Skipped (and says so) otherwise; a failure
+//! under CI.
+//!
+//! One workflow runs once (`run_workflow`); each check below is a named
+//! step over what it produced.
 
 use std::{
     collections::BTreeMap,
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use roar_node_tests::{k8s::*, *};
 use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn find<'a>(recs: &'a [(String, Value)], container: &str) -> &'a Value {
     let m: Vec<_> = recs
@@ -56,11 +63,49 @@ fn id(seed: &str) -> String {
         .to_string()
 }
 
-#[test]
-fn osmo_shaped_workflow_on_a_real_cluster() {
-    if !enabled() {
-        return;
+/// A finished pod: its object (as the API server has it) and UID.
+struct Done {
+    pod: Value,
+    uid: String,
+}
+
+impl Done {
+    fn of(pod: Value) -> Self {
+        let uid = uid_of(&pod);
+        Self { pod, uid }
     }
+}
+
+/// The workflow's tasks and pods, once all have finished.
+struct Workflow {
+    kc: PathBuf,
+    ns: String,
+    shared: PathBuf,
+    workflow_uuid: String,
+    produce: OsmoTask,
+    consume: OsmoTask,
+    fail: OsmoTask,
+    typo: OsmoTask,
+    flaky0: OsmoTask,
+    flaky1: OsmoTask,
+    plain_name: String,
+    pods: BTreeMap<&'static str, Done>,
+    /// blake3 of what `produce` wrote.
+    data_hash: String,
+    unattributed_before: u64,
+}
+
+impl Workflow {
+    fn uid(&self, which: &str) -> &str {
+        &self.pods[which].uid
+    }
+}
+
+/// Runs the workflow: 1. produce -> consume (the DAG edge), 2. a task that
+/// exits 3, 3. a task without opt-in, 4. a retried task, 5. a malformed
+/// opt-in, 6. a plain (non-OSMO) opted-in pod, 7. a container the kubelet
+/// restarts; waits until every pod has finished.
+fn run_workflow() -> Workflow {
     let kc = kubeconfig();
     let run = &id("run")[..8];
     let ns = format!("roar-e2e-{run}");
@@ -80,9 +125,8 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
         opt_in,
         shared_dir: shared.clone(),
     };
-    let timeout = Duration::from_secs(120);
+    let mut pods = BTreeMap::new();
 
-    // 1. produce -> consume: the DAG edge.
     let produce = task(
         "produce",
         0,
@@ -91,10 +135,10 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
         true,
     );
     create(&kc, &produce.pod());
-    let produce_pod = wait_pod_done(&kc, &ns, &produce.pod_name(), timeout);
+    let produce_pod = wait_pod_done(&kc, &ns, &produce.pod_name(), TIMEOUT);
     assert_eq!(exit_code(&produce_pod, "produce"), Some(0));
-    let data = shared.join("produce/data.bin");
-    let data_hash = blake3_file(&data);
+    pods.insert("produce", Done::of(produce_pod));
+    let data_hash = blake3_file(shared.join("produce/data.bin"));
 
     let consume = task(
         "consume",
@@ -103,7 +147,6 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
         "wc -c < /osmo/data/input/0/data.bin > /osmo/data/output/size.txt",
         true,
     );
-    // 2. a task that exits 3, 3. a pod without opt-in, 4. a retried task.
     let fail = task(
         "fail",
         0,
@@ -133,13 +176,12 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     for t in [&consume, &fail, &quiet, &flaky0] {
         create(&kc, &t.pod());
     }
-    // 5. a malformed opt-in annotation: a warning, no record.
     let typo = task("typo", 0, None, "echo typo > /osmo/data/output/t.txt", true);
     let mut typo_pod = typo.pod();
     typo_pod["metadata"]["annotations"]["roar-node/trace"] = json!("yes");
     create(&kc, &typo_pod);
-    // 7. a container restarted by the kubelet (restartPolicy OnFailure):
-    // one record per run, restart count in the task id.
+    // restartPolicy OnFailure: one record per run, restart count in the
+    // task id.
     let restart_name = format!("restart-{run}");
     let mut restart_pod = with_volume(
         shell_pod(
@@ -155,7 +197,6 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
     );
     restart_pod["spec"]["restartPolicy"] = json!("OnFailure");
     create(&kc, &restart_pod);
-    // 6. a plain (non-OSMO) pod that opted in: backend k8s, role task.
     let plain_name = format!("plain-{run}");
     create(
         &kc,
@@ -166,67 +207,103 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
             true,
         ),
     );
-    let consume_pod = wait_pod_done(&kc, &ns, &consume.pod_name(), timeout);
-    let fail_pod = wait_pod_done(&kc, &ns, &fail.pod_name(), timeout);
-    let quiet_pod = wait_pod_done(&kc, &ns, &quiet.pod_name(), timeout);
-    let flaky0_pod = wait_pod_done(&kc, &ns, &flaky0.pod_name(), timeout);
-    let typo_pod = wait_pod_done(&kc, &ns, &typo.pod_name(), timeout);
-    let plain_pod = wait_pod_done(&kc, &ns, &plain_name, timeout);
-    let restart_pod = wait_pod_done(&kc, &ns, &restart_name, timeout);
-    assert_eq!(exit_code(&fail_pod, "fail"), Some(3));
-    assert_eq!(exit_code(&flaky0_pod, "flaky"), Some(1));
-    // The retry: OSMO deletes the failed pod and creates a new one with
-    // the same name (a new UID) and osmo.retry_id incremented.
+    for (key, name) in [
+        ("consume", consume.pod_name()),
+        ("fail", fail.pod_name()),
+        ("quiet", quiet.pod_name()),
+        ("flaky0", flaky0.pod_name()),
+        ("typo", typo.pod_name()),
+        ("plain", plain_name.clone()),
+        ("restart", restart_name),
+    ] {
+        pods.insert(key, Done::of(wait_pod_done(&kc, &ns, &name, TIMEOUT)));
+    }
+    assert_eq!(exit_code(&pods["fail"].pod, "fail"), Some(3));
+    assert_eq!(exit_code(&pods["flaky0"].pod, "flaky"), Some(1));
+    let flaky1 = flaky(1, 0);
+    pods.insert("flaky1", retry(&kc, &ns, &flaky0, &flaky1));
+    assert_ne!(pods["flaky0"].uid, pods["flaky1"].uid);
+    Workflow {
+        kc,
+        ns,
+        shared,
+        workflow_uuid,
+        produce,
+        consume,
+        fail,
+        typo,
+        flaky0,
+        flaky1,
+        plain_name,
+        pods,
+        data_hash,
+        unattributed_before,
+    }
+}
+
+/// OSMO's retry: the failed pod deleted, a new one with the same name (a
+/// new UID) and osmo.retry_id incremented.
+fn retry(kc: &Path, ns: &str, failed: &OsmoTask, again: &OsmoTask) -> Done {
     kubectl_ok(
-        &kc,
-        &[
-            "-n",
-            &ns,
-            "delete",
-            "pod",
-            &flaky0.pod_name(),
-            "--wait=true",
-        ],
+        kc,
+        &["-n", ns, "delete", "pod", &failed.pod_name(), "--wait=true"],
         None,
     );
-    let flaky1 = flaky(1, 0);
-    assert_eq!(flaky1.pod_name(), flaky0.pod_name());
-    create(&kc, &flaky1.pod());
-    let flaky1_pod = wait_pod_done(&kc, &ns, &flaky1.pod_name(), timeout);
-    assert_ne!(uid_of(&flaky0_pod), uid_of(&flaky1_pod));
+    assert_eq!(again.pod_name(), failed.pod_name());
+    create(kc, &again.pod());
+    Done::of(wait_pod_done(kc, ns, &again.pod_name(), TIMEOUT))
+}
 
-    let (pu, cu, fu, qu, f0u, f1u) = (
-        uid_of(&produce_pod),
-        uid_of(&consume_pod),
-        uid_of(&fail_pod),
-        uid_of(&quiet_pod),
-        uid_of(&flaky0_pod),
-        uid_of(&flaky1_pod),
-    );
-    let (tu, plu, ru) = (uid_of(&typo_pod), uid_of(&plain_pod), uid_of(&restart_pod));
-    let all = wait_records(
-        &[
-            (&pu, 2),
-            (&cu, 2),
-            (&fu, 2),
-            (&f0u, 2),
-            (&f1u, 2),
-            (&plu, 1),
-            (&ru, 2),
-        ],
-        Duration::from_secs(60),
-    );
+/// The records of every traced pod, once all are written.
+fn wait_all_records(w: &Workflow) -> BTreeMap<String, Value> {
+    let want = [
+        ("produce", 2),
+        ("consume", 2),
+        ("fail", 2),
+        ("flaky0", 2),
+        ("flaky1", 2),
+        ("plain", 1),
+        ("restart", 2),
+    ];
+    let uids: Vec<(&str, usize)> = want.iter().map(|(k, n)| (w.uid(k), *n)).collect();
+    wait_records(&uids, Duration::from_secs(60))
+}
 
-    // One record per traced container: the user container and osmo-ctrl,
-    // never osmo-init, with roar's k8s task id and OSMO's identity.
-    for (t, uid, code) in [
-        (&produce, &pu, 0),
-        (&consume, &cu, 0),
-        (&fail, &fu, 3),
-        (&flaky0, &f0u, 1),
-        (&flaky1, &f1u, 0),
+/// The pods as the API server holds them carry the documented template's
+/// annotation as the string "true"; the one without opt-in has none.
+fn opted_in_pods_carry_the_template_annotation_as_a_string(w: &Workflow) {
+    for key in ["produce", "consume", "fail", "flaky0", "flaky1"] {
+        let a = &w.pods[key].pod["metadata"]["annotations"];
+        assert_eq!(a["roar-node/trace"], json!("true"), "{key}: {a}");
+    }
+    let quiet = &w.pods["quiet"].pod["metadata"]["annotations"];
+    assert!(quiet.get("roar-node/trace").is_none(), "{quiet}");
+}
+
+/// What an unquoted `roar-node/trace: true` in a template would give OSMO
+/// to submit: the API server refuses the pod.
+fn api_server_refuses_an_unquoted_annotation(w: &Workflow) {
+    let mut pod = shell_pod(&w.ns, "unquoted", "true", false);
+    pod["metadata"]["annotations"] = json!({"roar-node/trace": true});
+    let mut c = kubectl(&w.kc);
+    c.args(["create", "-f", "-"]);
+    let (ok, _, err) = run_with(c, &pod.to_string());
+    assert!(!ok, "the API server took a boolean annotation");
+    assert!(err.contains("annotations"), "{err}");
+}
+
+/// One record per traced container: the user container and osmo-ctrl,
+/// never osmo-init, with roar's k8s task id and OSMO's identity.
+fn one_record_per_traced_container(w: &Workflow, all: &BTreeMap<String, Value>) {
+    for (t, key, code) in [
+        (&w.produce, "produce", 0),
+        (&w.consume, "consume", 0),
+        (&w.fail, "fail", 3),
+        (&w.flaky0, "flaky0", 1),
+        (&w.flaky1, "flaky1", 0),
     ] {
-        let recs = records_of(&all, uid);
+        let uid = w.uid(key);
+        let recs = records_of(all, uid);
         assert_eq!(recs.len(), 2, "{}: {recs:#?}", t.task_name);
         let user = find(&recs, &t.container_name());
         let ctrl = find(&recs, "osmo-ctrl");
@@ -240,7 +317,7 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
         assert_eq!(md["execution_role"], "user");
         assert_eq!(ctrl["backend_metadata"]["execution_role"], "osmo-ctrl");
         assert_eq!(md["exit_code_source"], "container_status");
-        assert_eq!(md["pod"]["namespace"], ns.as_str());
+        assert_eq!(md["pod"]["namespace"], w.ns.as_str());
         assert_eq!(md["pod"]["name"], t.pod_name().as_str());
         assert_eq!(md["pod"]["node"], user["node_id"]);
         assert_eq!(md["container"]["image"], OSMO_IMAGE);
@@ -251,7 +328,7 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
             "{md}"
         );
         assert_eq!(md["osmo"]["osmo.task_uuid"], t.task_uuid.as_str());
-        assert_eq!(md["osmo"]["osmo.workflow_uuid"], workflow_uuid.as_str());
+        assert_eq!(md["osmo"]["osmo.workflow_uuid"], w.workflow_uuid.as_str());
         assert_eq!(md["osmo"]["osmo.retry_id"], t.retry_id.to_string());
         // The user's command, not osmo_exec.
         assert_eq!(md["argv"], json!(["/bin/sh", "-c", t.script]));
@@ -264,44 +341,50 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
                 .any(|(_, f)| f["backend_metadata"]["container"]["name"] == "osmo-init")
         );
     }
+}
 
-    // Reads, writes and hashes.
-    let recs = records_of(&all, &pu);
+/// Reads, writes and their hashes, along produce -> osmo-ctrl's upload ->
+/// consume, and a failed task's partial output.
+fn reads_writes_and_hashes(w: &Workflow, all: &BTreeMap<String, Value>) {
+    let data_hash = w.data_hash.as_str();
+    let recs = records_of(all, w.uid("produce"));
     let produced = find(&recs, "produce");
-    let w = artifact(&produced["writes"], "/osmo/data/output/data.bin")
+    let wr = artifact(&produced["writes"], "/osmo/data/output/data.bin")
         .unwrap_or_else(|| panic!("{}", produced["writes"]));
-    assert_eq!(w["hash"], data_hash.as_str());
-    assert_eq!(w["size"], 200_000);
+    assert_eq!(wr["hash"], data_hash);
+    assert_eq!(wr["size"], 200_000);
     let upload = find(&recs, "osmo-ctrl");
     assert_eq!(
         artifact(&upload["reads"], "/osmo/data/output/data.bin").unwrap()["hash"],
-        data_hash.as_str()
+        data_hash
     );
     assert_eq!(
         artifact(&upload["writes"], "/shared/produce/data.bin").unwrap()["hash"],
-        data_hash.as_str()
+        data_hash
     );
-    let recs = records_of(&all, &cu);
+    let recs = records_of(all, w.uid("consume"));
     let consumed = find(&recs, "consume");
     assert_eq!(
         artifact(&consumed["reads"], "/osmo/data/input/0/data.bin")
             .unwrap_or_else(|| panic!("{}", consumed["reads"]))["hash"],
-        data_hash.as_str()
+        data_hash
     );
     assert_eq!(
         artifact(&consumed["writes"], "/osmo/data/output/size.txt").unwrap()["hash"],
         blake3_bytes(b"200000\n").as_str()
     );
-    let recs = records_of(&all, &fu);
+    let recs = records_of(all, w.uid("fail"));
     let failed = find(&recs, "fail");
     assert_eq!(
         artifact(&failed["writes"], "/osmo/data/output/partial.txt").unwrap()["hash"],
         blake3_bytes(b"partial\n").as_str()
     );
+}
 
-    // The retry is a record of its own, in a bundle of its own.
-    let r0 = records_of(&all, &f0u);
-    let r1 = records_of(&all, &f1u);
+/// The retry is a record of its own, in a bundle of its own.
+fn retry_is_a_record_of_its_own(w: &Workflow, all: &BTreeMap<String, Value>) {
+    let r0 = records_of(all, w.uid("flaky0"));
+    let r1 = records_of(all, w.uid("flaky1"));
     let b0: Vec<_> = r0.iter().map(|(n, _)| n.clone()).collect();
     assert!(r1.iter().all(|(n, _)| !b0.contains(n)), "{b0:?} {r1:?}");
     assert_eq!(
@@ -312,19 +395,24 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
         .unwrap()["hash"],
         blake3_bytes(b"attempt 1\n").as_str()
     );
+}
 
-    // Nothing for the pod that did not opt in, nor for the malformed
-    // annotation, which the daemon names in a warning.
-    assert!(records_of(&all, &qu).is_empty());
-    assert!(records_of(&all, &tu).is_empty());
-    let logs = daemon_logs(&kc);
+/// Nothing for the pod that did not opt in, nor for the malformed
+/// annotation, which the daemon names in a warning.
+fn no_record_without_a_valid_opt_in(w: &Workflow, all: &BTreeMap<String, Value>) {
+    assert!(records_of(all, w.uid("quiet")).is_empty());
+    assert!(records_of(all, w.uid("typo")).is_empty());
+    let logs = daemon_logs(&w.kc);
     assert!(
-        logs.contains(&format!("pod {ns}/{}", typo.pod_name())) && logs.contains("\"yes\""),
+        logs.contains(&format!("pod {}/{}", w.ns, w.typo.pod_name())) && logs.contains("\"yes\""),
         "no warning about the malformed annotation in:\n{logs}"
     );
+}
 
-    // The restarted container: two records, restart counts 0 and 1.
-    let mut runs: Vec<(String, i64, String)> = records_of(&all, &ru)
+/// The restarted container: two records, restart counts 0 and 1.
+fn restarted_container_has_a_record_per_run(w: &Workflow, all: &BTreeMap<String, Value>) {
+    let ru = w.uid("restart");
+    let mut runs: Vec<(String, i64, String)> = records_of(all, ru)
         .iter()
         .map(|(_, f)| {
             (
@@ -344,57 +432,83 @@ fn osmo_shaped_workflow_on_a_real_cluster() {
             (format!("{ru}:main:0:1"), 0, blake3_bytes(b"second\n")),
         ]
     );
+}
 
-    // A plain Kubernetes pod: backend k8s, role task, pod/container name.
-    let plain = records_of(&all, &plu);
+/// A plain Kubernetes pod: backend k8s, role task, pod/container name.
+fn plain_pod_is_a_k8s_task(w: &Workflow, all: &BTreeMap<String, Value>) {
+    let plu = w.uid("plain");
+    let plain = records_of(all, plu);
     assert_eq!(plain.len(), 1, "{plain:#?}");
     let f = &plain[0].1;
     assert_eq!(f["backend"], "k8s");
     assert_eq!(f["task_id"], format!("{plu}:main:0:0"));
-    assert_eq!(f["task_name"], format!("{plain_name}/main"));
+    assert_eq!(f["task_name"], format!("{}/main", w.plain_name));
     assert_eq!(f["backend_metadata"]["execution_role"], "task");
     assert!(f["backend_metadata"].get("osmo").is_none());
     assert_eq!(
         artifact(&f["writes"], "/work/out.txt").unwrap()["hash"],
         blake3_bytes(b"plain\n").as_str()
     );
+}
 
-    // Zero unattributed events during the test.
+/// Zero unattributed events during the test.
+fn no_event_went_unattributed(w: &Workflow) {
     let s = stats();
     assert_eq!(
         s["attribution"]["unattributed"].as_u64().unwrap(),
-        unattributed_before,
+        w.unattributed_before,
         "{s}"
     );
+}
 
-    // roar-cli 0.4.7 makes a DAG edge produce -> consume.
+/// roar-cli 0.4.7 makes a DAG edge produce -> consume.
+fn roar_links_produce_to_consume(w: &Workflow, all: &BTreeMap<String, Value>) {
     let roar = Roar::get();
-    let w = Work::new("k8s-e2e");
-    let dir = w.path("bundles");
+    let work = Work::new("k8s-e2e");
+    let dir = work.path("bundles");
     fs::create_dir_all(&dir).unwrap();
     let mut n = 0;
-    for uid in [&pu, &cu, &fu, &f0u, &f1u] {
-        for (name, _) in records_of(&all, uid) {
+    for key in ["produce", "consume", "fail", "flaky0", "flaky1"] {
+        for (name, _) in records_of(all, w.uid(key)) {
             fs::copy(node_state().join("bundles").join(&name), dir.join(&name)).unwrap();
             n += 1;
         }
     }
-    roar.init(&w.dir);
-    let said = roar.run(&w.dir, &["k8s", "ingest-bundles", dir.to_str().unwrap()]);
+    roar.init(&work.dir);
+    let said = roar.run(&work.dir, &["k8s", "ingest-bundles", dir.to_str().unwrap()]);
     assert!(
         said.contains(&format!("{n} fragment(s) merged")),
         "roar merged fewer fragments than it read:\n{said}"
     );
     let rows = roar.query(
-        &w.dir,
+        &work.dir,
         "select o.artifact_id from jobs j1 join job_outputs o on o.job_id = j1.id \
          join job_inputs i on i.artifact_id = o.artifact_id join jobs j2 on i.job_id = j2.id \
          where j1.command = 'k8s_task:produce' and j2.command = 'k8s_task:consume'",
     );
     assert!(!rows.is_empty(), "no edge produce -> consume in roar's DAG");
+}
 
-    let _ = kubectl(&kc)
-        .args(["delete", "namespace", &ns, "--wait=false"])
+#[test]
+fn osmo_shaped_workflow_on_a_real_cluster() {
+    if !enabled() {
+        return;
+    }
+    let w = run_workflow();
+    opted_in_pods_carry_the_template_annotation_as_a_string(&w);
+    api_server_refuses_an_unquoted_annotation(&w);
+    let all = wait_all_records(&w);
+    one_record_per_traced_container(&w, &all);
+    reads_writes_and_hashes(&w, &all);
+    retry_is_a_record_of_its_own(&w, &all);
+    no_record_without_a_valid_opt_in(&w, &all);
+    restarted_container_has_a_record_per_run(&w, &all);
+    plain_pod_is_a_k8s_task(&w, &all);
+    no_event_went_unattributed(&w);
+    roar_links_produce_to_consume(&w, &all);
+
+    let _ = kubectl(&w.kc)
+        .args(["delete", "namespace", &w.ns, "--wait=false"])
         .output();
-    let _ = fs::remove_dir_all(&shared);
+    let _ = fs::remove_dir_all(&w.shared);
 }

@@ -1,6 +1,7 @@
 //! The local single-node Kubernetes cluster (deploy/k8s-local, the
-//! project's copy of the shared k8s-local harness) and the roar-node
-//! DaemonSet on it: `cargo xtask cluster up|down|deploy|collect`.
+//! project's copy of the shared k8s-local harness, with an image registry
+//! on 127.0.0.1) and roar-node on it, installed with the Helm chart from
+//! the registry: `cargo xtask cluster up|down|deploy|collect`.
 
 use std::{
     collections::BTreeMap,
@@ -32,8 +33,9 @@ pub enum Cmd {
     Up,
     /// Stop the cluster (~2-4 s).
     Down,
-    /// Build the roar-node image, import it, apply deploy/overlays/k8s-local
-    /// and wait for the daemon to watch.
+    /// Build the roar-node image, push it to the cluster's registry,
+    /// install or upgrade the Helm chart (deploy/chart/roar-node with
+    /// deploy/k8s-local/values.yaml) and wait for the daemon to watch.
     Deploy,
     /// Gather the bundles of every roar-node pod into a directory.
     Collect {
@@ -73,6 +75,12 @@ pub fn is_up() -> bool {
     kubeconfig().exists() && util::output(kubectl().args(["get", "--raw", "/readyz"])).is_some()
 }
 
+/// The cluster's registry (`host:port`): deploy/k8s-local/env.sh's
+/// default, or $K8S_LOCAL_REGISTRY for both.
+pub fn registry() -> String {
+    std::env::var("K8S_LOCAL_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
 pub fn up() -> anyhow::Result<()> {
     if is_up() {
         eprintln!("cluster: already up ({})", kubeconfig().display());
@@ -81,34 +89,78 @@ pub fn up() -> anyhow::Result<()> {
     let h = harness();
     util::run(&mut Command::new(h.join("install-deps.sh")))?;
     util::run(&mut Command::new(h.join("build.sh")))?;
-    util::run(&mut Command::new(h.join("up.sh")))
+    // The sandbox image comes from the one image builder; up.sh pushes it
+    // to the registry it starts, and containerd pulls it from there.
+    let pause = image::pause_image(&root().join("target/images/pause.tar"))?;
+    util::run(Command::new(h.join("up.sh")).env("K8S_LOCAL_PAUSE_IMAGE", &pause.tar))
 }
 
 pub fn down() -> anyhow::Result<()> {
     util::run(&mut Command::new(harness().join("down.sh")))
 }
 
-/// Image, manifests, and a daemon that watches.
-pub fn deploy() -> anyhow::Result<()> {
+/// The namespace and release name the chart is installed with.
+pub const NAMESPACE: &str = "roar-node";
+
+/// The roar-node image in the cluster's registry: pushed as
+/// `VERSION` and `VERSION-g<commit>`; the reference the chart gets.
+pub struct Pushed {
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+}
+
+pub fn push_roar_node() -> anyhow::Result<Pushed> {
     let bin = util::build_release()?;
-    let tar = root().join("target/images/roar-node.tar");
-    image::roar_node_image(&bin, image::ROAR_NODE_REF, &tar)?;
-    image::import(&tar)?;
+    let img = image::roar_node_image(&bin, &root().join("target/images/roar-node.tar"))?;
+    let repository = format!("{}/roar-node", registry());
+    let tags = image::tags()?;
+    let digest = image::push(&img, &repository, &tags)?;
+    Ok(Pushed {
+        repository,
+        tag: tags[1].clone(),
+        digest,
+    })
+}
+
+/// The OSMO-shaped task image, pushed where the test pods pull it from.
+pub fn push_osmo_image() -> anyhow::Result<()> {
+    let img = image::osmo_image(&root().join("target/images/osmo-demo.tar"))?;
+    let (repo, tag) = image::OSMO_IMAGE
+        .rsplit_once(':')
+        .expect("OSMO_IMAGE has a tag");
+    image::push(&img, repo, &[tag.to_string()])?;
+    Ok(())
+}
+
+/// The image in the registry, and the chart installed (or upgraded) with
+/// the local cluster's values; then a daemon that watches.
+pub fn deploy() -> anyhow::Result<()> {
+    let img = push_roar_node()?;
     util::run(
-        kubectl()
-            .args(["apply", "-k"])
-            .arg(root().join("deploy/overlays/k8s-local")),
+        util::helm()?
+            .env("KUBECONFIG", kubeconfig())
+            .args(["upgrade", NAMESPACE])
+            .arg(root().join("deploy/chart/roar-node"))
+            .args(["--install", "--create-namespace", "--namespace", NAMESPACE])
+            .arg("-f")
+            .arg(harness().join("values.yaml"))
+            .arg("--set")
+            .arg(format!(
+                "image.repository={},image.tag={},image.digest={}",
+                img.repository, img.tag, img.digest
+            )),
     )?;
-    // A new image under the same tag: restart the pods.
-    let _ = util::output(kubectl().args([
+    // A changed image rolls the DaemonSet: wait until every pod runs the
+    // new one, or an old pod's "watching" would be taken for the new.
+    util::run(kubectl().args([
         "-n",
-        "roar-node",
-        "delete",
-        "pod",
-        "-l",
-        "app.kubernetes.io/name=roar-node",
-        "--wait=false",
-    ]));
+        NAMESPACE,
+        "rollout",
+        "status",
+        "daemonset/roar-node",
+        "--timeout=180s",
+    ]))?;
     wait_daemon_ready(Duration::from_secs(120))
 }
 
@@ -212,12 +264,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// Everything the cluster end-to-end test needs: the cluster, the
-/// DaemonSet with this tree's binary, the task image.
+/// Everything the cluster end-to-end test needs: the cluster, roar-node
+/// installed by the chart from the registry, the task image there too.
 pub fn prepare_e2e() -> anyhow::Result<()> {
     up()?;
     deploy()?;
-    let tar = root().join("target/images/osmo-demo.tar");
-    image::osmo_image(image::OSMO_IMAGE, &tar)?;
-    image::import(&tar)
+    push_osmo_image()
 }

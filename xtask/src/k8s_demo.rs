@@ -1,13 +1,13 @@
 //! `cargo xtask run`: the whole story on a real (local, single-node)
 //! Kubernetes cluster. Starts the cluster if needed (deploy/k8s-local),
-//! builds and imports the roar-node image and the OSMO-shaped task image,
-//! deploys the DaemonSet, runs a two-task OSMO-shaped workflow (the second
+//! builds the roar-node image and the OSMO-shaped task image and pushes
+//! them to the cluster's registry, installs the Helm chart, runs a two-task OSMO-shaped workflow (the second
 //! task reads what the first one wrote), collects the bundles and shows
 //! the lineage graph roar makes of them.
 //!
-//! kind is not used: it needs Docker and an image registry, which these
-//! machines do not have; deploy/k8s-local builds Kubernetes from Debian's
-//! source package instead.
+//! kind is not used: it needs Docker, which these machines do not have;
+//! deploy/k8s-local builds Kubernetes from Debian's source package and
+//! runs Debian's docker-registry instead.
 
 use std::{fs, path::PathBuf, time::Duration};
 
@@ -15,7 +15,7 @@ use roar_node_tests::k8s::{self as wf, OsmoTask};
 use serde_json::Value;
 
 use crate::{
-    cluster, image,
+    cluster,
     util::{self, roar_venv, root},
 };
 
@@ -40,11 +40,7 @@ pub fn hex_id(seed: &str) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    cluster::up()?;
-    cluster::deploy()?;
-    let osmo_tar = root().join("target/images/osmo-demo.tar");
-    image::osmo_image(wf::OSMO_IMAGE, &osmo_tar)?;
-    image::import(&osmo_tar)?;
+    cluster::prepare_e2e()?;
 
     let kc = cluster::kubeconfig();
     let run_id = &hex_id("run")[..8];
@@ -107,6 +103,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+    // Each task has two traced containers (the user's and osmo-ctrl).
+    if mine.len() < 2 * steps.len() {
+        anyhow::bail!(
+            "got {} bundles of this workflow, expected {} (two per task): see `kubectl -n roar-node logs -l app.kubernetes.io/name=roar-node`",
+            mine.len(),
+            2 * steps.len()
+        );
     }
     fs::create_dir_all(&bundles)?;
     for (name, b) in &mine {

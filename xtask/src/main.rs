@@ -38,17 +38,19 @@ enum Command {
     BenchFlood(bench_flood::Args),
     /// Run the cargo-fuzz targets for a while each (10 min by default).
     Fuzz(fuzz::Args),
-    /// Write an OCI image tarball (no Docker): the release roar-node and
-    /// the libraries it links, or the demo's OSMO-shaped task image.
+    /// Write an OCI image tarball (no Docker): the release roar-node
+    /// without debug info and the libraries it links (or the demo's task
+    /// image, or the local cluster's pause); `--push REPO` pushes it.
     Image(image::Args),
     /// The local single-node Kubernetes cluster: up, down, deploy, collect.
     Cluster(cluster::Args),
     /// End to end on a local cluster: cluster, image, DaemonSet, a
     /// two-task OSMO-shaped workflow, bundles, roar's lineage graph.
     Run(k8s_demo::Args),
-    /// The cluster tests (tests/tests/k8s_e2e.rs, k8s_resilience.rs, k8s_sink.rs): cluster up if
-    /// needed (~15 s; ~6.5 min the first time on a machine), DaemonSet,
-    /// task image, then the test with ROAR_NODE_K8S=1.
+    /// The cluster tests (tests/tests/k8s_e2e.rs, k8s_resilience.rs,
+    /// chart.rs, k8s_sink.rs): cluster up if needed (~15 s; ~6.5 min the first time on a
+    /// machine), images pushed to its registry, roar-node installed by the
+    /// Helm chart, then the tests with ROAR_NODE_K8S=1.
     E2eK8s(test::Args),
 }
 

@@ -13,7 +13,9 @@ pub struct Args {}
 /// Debian packages: LLVM 22 for bpf-linker, busybox-static (a static
 /// binary the tests trace), gcc for the benchmark workloads, capsh and
 /// util-linux (unshare, mount) for the privilege and namespace tests,
-/// protoc for the spool's schema (tracer-daemon/proto).
+/// protoc for the spool's schema (tracer-daemon/proto), binutils (objcopy
+/// splits the image binary's debug info off), skopeo (pushes images to a
+/// registry) and docker-registry (the local cluster's registry).
 const APT: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,6 +26,9 @@ const APT: &[&str] = &[
     "libcap2-bin",
     "util-linux",
     "protobuf-compiler",
+    "binutils",
+    "skopeo",
+    "docker-registry",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";
@@ -36,8 +41,11 @@ pub fn run(_: Args) -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     mounts()?;
-    // The Python the tests drive: roar-cli, and moto's S3 server.
+    // The Python tools, each in its own venv: roar-cli (the reference
+    // client the tests check records with), Helm (helm-python-sdk) and
+    // moto's S3 server (the object-store sink tests).
     util::roar_venv()?;
+    util::helm_venv()?;
     util::s3_venv()?;
     eprintln!("setup: ok");
     Ok(())

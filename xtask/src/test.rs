@@ -1,7 +1,8 @@
 //! The README's test command: every test, as root, with the release
-//! binary and roar-cli 0.4.7 ready before the suites start; the cluster
-//! end-to-end test on a local Kubernetes (built and started if needed);
-//! then a short fuzzing run from the committed corpus.
+//! binary, roar-cli 0.4.7 and Helm (helm-python-sdk) ready before the
+//! suites start; the cluster tests on a local Kubernetes (built and
+//! started if needed, roar-node installed by the chart from the cluster's
+//! registry); then a short fuzzing run from the committed corpus.
 
 use std::process::Command;
 
@@ -41,6 +42,8 @@ fn cargo_test(args: &Args, k8s: bool, only: &[&str]) -> anyhow::Result<()> {
         .env("ROAR_NODE_BIN", &bin)
         .env("ROAR_VENV", &venv)
         .env("ROAR_NODE_S3_VENV", &s3_venv)
+        // The chart tests render and lint with a real Helm.
+        .env("HELM_VENV", util::helm_venv()?)
         .arg("test")
         .arg("--release");
     if only.is_empty() {
@@ -89,5 +92,9 @@ pub fn run_k8s(args: Args) -> anyhow::Result<()> {
         bail!("the cluster test runs a local Kubernetes cluster: run it as root");
     }
     crate::cluster::prepare_e2e()?;
-    cargo_test(&args, true, &["k8s_e2e", "k8s_resilience", "k8s_sink"])
+    cargo_test(
+        &args,
+        true,
+        &["k8s_e2e", "k8s_resilience", "chart", "k8s_sink"],
+    )
 }

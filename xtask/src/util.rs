@@ -76,6 +76,32 @@ pub fn roar_venv() -> anyhow::Result<PathBuf> {
     Ok(venv)
 }
 
+/// The version of PyPI's helm-python-sdk: Helm v4 as a library (no helm
+/// binary is packaged for Debian, and no other registry is reachable here).
+pub const HELM_SDK: &str = "helm-python-sdk==0.2.2";
+
+/// A venv with helm-python-sdk, made on first use (~75 MB download).
+pub fn helm_venv() -> anyhow::Result<PathBuf> {
+    if let Some(v) = std::env::var_os("HELM_VENV").map(PathBuf::from)
+        && v.join("bin/python").exists()
+    {
+        return Ok(v);
+    }
+    let venv = root().join("target/helm-venv");
+    let ready = venv.join(".helm-python-sdk");
+    if !ready.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", HELM_SDK]))?;
+        // Loads libhelm_c: a wheel that installs but cannot load fails here.
+        run(Command::new(venv.join("bin/python")).args([
+            "-c",
+            "import helm_python; print('helm', helm_python.helm_sdk_version())",
+        ]))?;
+        std::fs::write(&ready, HELM_SDK)?;
+    }
+    Ok(venv)
+}
+
 /// moto's S3 server (and boto3) in a venv, for the object-store sink
 /// tests: a real S3 protocol server the tests start themselves.
 pub const MOTO: &str = "moto[server]==5.2.5";
@@ -87,6 +113,13 @@ pub fn s3_venv() -> anyhow::Result<PathBuf> {
         run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", MOTO]))?;
     }
     Ok(venv)
+}
+
+/// `python xtask/helm.py ARGS` from the helm venv: render, lint, install.
+pub fn helm() -> anyhow::Result<Command> {
+    let mut c = Command::new(helm_venv()?.join("bin/python"));
+    c.arg(root().join("xtask/helm.py"));
+    Ok(c)
 }
 
 /// Makes `dir` a roar project (git and `roar init`), ingests the bundles

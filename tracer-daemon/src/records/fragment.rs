@@ -44,6 +44,32 @@ pub(crate) struct Fragment {
     pub(crate) backend_metadata: serde_json::Map<String, serde_json::Value>,
 }
 
+#[cfg(test)]
+impl Fragment {
+    /// A fragment with every field set, nothing read or written.
+    pub(crate) fn example() -> Self {
+        Fragment {
+            job_uid: "0a1b2c3d".into(),
+            parent_job_uid: String::new(),
+            task_id: "t".into(),
+            worker_id: String::new(),
+            node_id: "n".into(),
+            actor_id: None,
+            task_name: "x".into(),
+            started_at: 1.0,
+            ended_at: 2.0,
+            exit_code: 0,
+            backend: "local".into(),
+            recorded_at: Some(3.0),
+            reads: vec![],
+            writes: vec![],
+            worker_packages: None,
+            task_identity: String::new(),
+            backend_metadata: Default::default(),
+        }
+    }
+}
+
 /// roar's bundle file name: `roar-fragments-<pod>-<container>-<attempt>.json`
 /// with every character outside `[A-Za-z0-9_.-]` replaced by `-`.
 pub(crate) fn bundle_file_name(pod: &str, container: &str, attempt: &str) -> String {
@@ -91,25 +117,7 @@ mod tests {
 
     #[test]
     fn field_set_is_roars() {
-        let f = Fragment {
-            job_uid: "0a1b2c3d".into(),
-            parent_job_uid: String::new(),
-            task_id: "t".into(),
-            worker_id: String::new(),
-            node_id: "n".into(),
-            actor_id: None,
-            task_name: "x".into(),
-            started_at: 1.0,
-            ended_at: 2.0,
-            exit_code: 0,
-            backend: "local".into(),
-            recorded_at: Some(3.0),
-            reads: vec![],
-            writes: vec![],
-            worker_packages: None,
-            task_identity: String::new(),
-            backend_metadata: Default::default(),
-        };
+        let f = Fragment::example();
         let v = serde_json::to_value(&f).unwrap();
         let mut keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         keys.sort();
