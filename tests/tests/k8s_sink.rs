@@ -53,25 +53,18 @@ fn configure(kc: &Path, vars: &[(&str, Option<String>)], secret: bool) {
             None => format!("{k}-"),
         });
     }
-    if !secret {
-        args.extend(["AWS_ACCESS_KEY_ID-".into(), "AWS_SECRET_ACCESS_KEY-".into()]);
+    if secret {
+        args.push(format!("--from=secret/{SECRET}"));
+    } else {
+        for k in ["AWS_ACCESS_KEY_ID-", "AWS_SECRET_ACCESS_KEY-"] {
+            if !args.iter().any(|a| a == k) {
+                args.push(k.into());
+            }
+        }
     }
+    // One change, one rollout: the next daemon is the one configured.
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     kubectl_ok(kc, &args, None);
-    if secret {
-        kubectl_ok(
-            kc,
-            &[
-                "-n",
-                NS,
-                "set",
-                "env",
-                "ds/roar-node",
-                &format!("--from=secret/{SECRET}"),
-            ],
-            None,
-        );
-    }
     if let Some(old) = old {
         wait_new_daemon(old, after);
     }
