@@ -154,81 +154,7 @@ impl Store {
         let parsed = url::Url::parse(url).map_err(|e| {
             StoreError::bad_url(url, format!("{e} (a store URL is one of {SCHEMES})"))
         })?;
-        let bucket = parsed.host_str().unwrap_or_default();
-        let needs_bucket = |scheme: &str| {
-            if bucket.is_empty() {
-                Err(StoreError::bad_url(
-                    url,
-                    format!("no bucket: write {scheme}://BUCKET/PREFIX"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        let fail = |e: object_store::Error| StoreError::classify(url, &e);
-        // Fail fast: a refused connection is retried by the spool's
-        // back-off, not for minutes inside one put.
-        let retry = object_store::RetryConfig {
-            max_retries: 2,
-            retry_timeout: Duration::from_secs(20),
-            ..Default::default()
-        };
-        let (inner, prefix): (Arc<dyn ObjectStore>, &str) = match parsed.scheme() {
-            "s3" | "s3a" => {
-                needs_bucket("s3")?;
-                let s = AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .with_config(
-                        AmazonS3ConfigKey::Client(object_store::ClientConfigKey::ConnectTimeout),
-                        "5s",
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map_err(fail)?;
-                (Arc::new(s), parsed.path())
-            }
-            "gs" => {
-                needs_bucket("gs")?;
-                let s = GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .with_config(
-                        GoogleConfigKey::Client(object_store::ClientConfigKey::ConnectTimeout),
-                        "5s",
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map_err(fail)?;
-                (Arc::new(s), parsed.path())
-            }
-            "az" | "azure" | "abfs" | "abfss" => {
-                needs_bucket("az")?;
-                let s = MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .with_config(
-                        AzureConfigKey::Client(object_store::ClientConfigKey::ConnectTimeout),
-                        "5s",
-                    )
-                    .with_retry(retry)
-                    .build()
-                    .map_err(fail)?;
-                (Arc::new(s), parsed.path())
-            }
-            "file" => {
-                let dir = parsed
-                    .to_file_path()
-                    .map_err(|()| StoreError::bad_url(url, "write file:///absolute/directory"))?;
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| StoreError::bad_url(url, format!("{}: {e}", dir.display())))?;
-                let s = LocalFileSystem::new_with_prefix(&dir).map_err(fail)?;
-                (Arc::new(s), "")
-            }
-            other => {
-                return Err(StoreError::bad_url(
-                    url,
-                    format!("unknown scheme {other:?}: use one of {SCHEMES}"),
-                ));
-            }
-        };
+        let (inner, prefix) = build(url, &parsed)?;
         let prefix = Path::parse(prefix.trim_matches('/'))
             .map_err(|e| StoreError::bad_url(url, format!("prefix: {e}")))?;
         Ok(Self {
@@ -319,6 +245,88 @@ impl Store {
             .await
             .map_err(fail)
     }
+}
+
+/// How long to wait for a store's TCP connection: a refused or silent
+/// endpoint is retried by the spool's back-off, not for minutes inside one
+/// put.
+const CONNECT_TIMEOUT: &str = "5s";
+
+/// The store a URL names, built with the cloud's credential chain, and the
+/// prefix under it.
+fn build<'u>(
+    url: &str,
+    parsed: &'u url::Url,
+) -> Result<(Arc<dyn ObjectStore>, &'u str), StoreError> {
+    let fail = |e: object_store::Error| StoreError::classify(url, &e);
+    let needs_bucket = |scheme: &str| match parsed.host_str() {
+        Some(b) if !b.is_empty() => Ok(()),
+        _ => Err(StoreError::bad_url(
+            url,
+            format!("no bucket: write {scheme}://BUCKET/PREFIX"),
+        )),
+    };
+    // Few retries inside one request: the back-off is the spool's.
+    let retry = object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let connect = object_store::ClientConfigKey::ConnectTimeout;
+    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+        "s3" | "s3a" => {
+            needs_bucket("s3")?;
+            Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_config(AmazonS3ConfigKey::Client(connect), CONNECT_TIMEOUT)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(fail)?,
+            )
+        }
+        "gs" => {
+            needs_bucket("gs")?;
+            Arc::new(
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .with_config(GoogleConfigKey::Client(connect), CONNECT_TIMEOUT)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(fail)?,
+            )
+        }
+        "az" | "azure" | "abfs" | "abfss" => {
+            needs_bucket("az")?;
+            Arc::new(
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_config(AzureConfigKey::Client(connect), CONNECT_TIMEOUT)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(fail)?,
+            )
+        }
+        "file" => {
+            let dir = parsed
+                .to_file_path()
+                .map_err(|()| StoreError::bad_url(url, "write file:///absolute/directory"))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StoreError::bad_url(url, format!("{}: {e}", dir.display())))?;
+            // The directory is the store: no prefix under it.
+            return Ok((
+                Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(fail)?),
+                "",
+            ));
+        }
+        other => {
+            return Err(StoreError::bad_url(
+                url,
+                format!("unknown scheme {other:?}: use one of {SCHEMES}"),
+            ));
+        }
+    };
+    Ok((store, parsed.path()))
 }
 
 /// TLS for the stores' HTTP client, once per process: ring, the provider
