@@ -85,6 +85,40 @@ fn ready() -> (u16, String) {
     http_get("/readyz")
 }
 
+/// Waits for /readyz to answer 200; if it does not, says what it answers,
+/// the daemon's sink stats, its environment and the end of its log.
+fn wait_ready(kc: &Path, what: &str) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(90) {
+        if ready().0 == 200 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let logs = daemon_logs(kc);
+    let tail: Vec<&str> = logs.lines().rev().take(30).collect();
+    let env = kubectl_ok(
+        kc,
+        &[
+            "-n",
+            NS,
+            "get",
+            "ds/roar-node",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env}",
+        ],
+        None,
+    );
+    panic!(
+        "{what}: /readyz {:?}\nsink stats: {}\nenv: {env}\nlog (last lines first):\n{}",
+        ready(),
+        std::panic::catch_unwind(stats)
+            .map(|s| s["sink"].clone())
+            .unwrap_or_default(),
+        tail.join("\n")
+    );
+}
+
 /// The task ids with a record object under `dir` (a key prefix).
 fn tasks_in(s3: &S3, dir: &str) -> Vec<String> {
     s3.keys(dir)
@@ -433,5 +467,5 @@ fn bad_configuration_keeps_records_in_the_spool(c: &Cluster, s3: &S3, url: &str)
         Duration::from_secs(120),
         || waiting.iter().all(|u| records_of_uid(s3, u).len() == 1),
     );
-    wait_until("ready again", Duration::from_secs(60), || ready().0 == 200);
+    wait_ready(&c.kc, "ready again");
 }
