@@ -205,11 +205,7 @@ fn records_reach_the_bucket_through_outages_crashes_and_bad_configuration() {
         None,
     );
     configure(&kc, &sink_env(&s3, &url), true);
-    wait_until(
-        "the daemon is ready with its sink",
-        Duration::from_secs(90),
-        || ready().0 == 200,
-    );
+    wait_ready(&kc, "the daemon is ready with its sink");
 
     workflow_lands_in_the_bucket(&c, &s3, &url);
     store_down_for_30_seconds(&c, &s3);

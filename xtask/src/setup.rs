@@ -15,7 +15,8 @@ pub struct Args {}
 /// util-linux (unshare, mount) for the privilege and namespace tests,
 /// protoc for the spool's schema (tracer-daemon/proto), binutils (objcopy
 /// splits the image binary's debug info off), skopeo (pushes images to a
-/// registry) and docker-registry (the local cluster's registry).
+/// registry), docker-registry (the local cluster's registry) and
+/// ca-certificates (the image's CA bundle: the object-store sink's HTTPS).
 const APT: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -29,6 +30,7 @@ const APT: &[&str] = &[
     "binutils",
     "skopeo",
     "docker-registry",
+    "ca-certificates",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";
