@@ -54,19 +54,7 @@ pub(crate) fn decode_segment(s: &str) -> Option<String> {
     if s == NONE {
         return Some(String::new());
     }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'=' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
+    let out = crate::records::encoding::unescape(s, b'=')?;
     String::from_utf8(out).ok()
 }
 
