@@ -10,6 +10,7 @@
 //! the DaemonSet's environment and puts it back at the end.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -132,11 +133,49 @@ fn tasks_in(s3: &S3, dir: &str) -> Vec<String> {
         .collect()
 }
 
-fn records_of_uid(s3: &S3, uid: &str) -> Vec<String> {
-    s3.keys(&format!("{PREFIX}/"))
-        .into_iter()
-        .filter(|k| k.contains(uid) && k.ends_with(".json"))
-        .collect()
+/// The record objects of a pod's tasks (its traced containers), by task id.
+fn objects_of_pod(s3: &S3, uid: &str) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for k in s3.keys(&format!("{PREFIX}/")) {
+        let Some(task) = k.strip_suffix(".json").and_then(|t| t.rsplit('/').next()) else {
+            continue;
+        };
+        if k.contains(uid) && !k.starts_with(&format!("{PREFIX}/_by-workflow/")) {
+            m.entry(task.replace("=3A", ":"))
+                .or_default()
+                .push(k.clone());
+        }
+    }
+    m
+}
+
+/// The task's user container has its record, and every task of the pod
+/// has exactly one object.
+fn delivered_once(s3: &S3, uid: &str, container: &str) -> bool {
+    let m = objects_of_pod(s3, uid);
+    m.contains_key(&format!("{uid}:{container}:0:0")) && m.values().all(|keys| keys.len() == 1)
+}
+
+/// No record is in the bucket twice: each object's fragment is its own
+/// task's, and no task has two objects.
+fn assert_no_duplicates(s3: &S3) {
+    let mut seen = BTreeMap::new();
+    for k in s3.keys(&format!("{PREFIX}/")) {
+        if !k.ends_with(".json") {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&s3.get(&k)).unwrap();
+        let frags = v["fragments"].as_array().unwrap();
+        assert_eq!(frags.len(), 1, "{k}");
+        let task = frags[0]["task_id"].as_str().unwrap().to_string();
+        assert!(
+            k.ends_with(&format!("/{}.json", task.replace(':', "=3A"))),
+            "{k}: {task}"
+        );
+        if let Some(other) = seen.insert(task.clone(), k.clone()) {
+            panic!("task {task} twice: {other} and {k}");
+        }
+    }
 }
 
 struct Cluster {
@@ -212,6 +251,7 @@ fn records_reach_the_bucket_through_outages_crashes_and_bad_configuration() {
     killed_during_an_upload(&c, &s3);
     state_wiped_after_delivery(&c, &s3);
     bad_configuration_keeps_records_in_the_spool(&c, &s3, &url);
+    assert_no_duplicates(&s3);
 
     // Back as it was: no sink, records in the node's bundle directory.
     let none: Vec<(&str, Option<String>)> = VARS.iter().map(|v| (*v, None)).collect();
@@ -328,18 +368,18 @@ fn store_down_for_30_seconds(c: &Cluster, s3: &S3) {
     }
     let waited = metric("roar_node_spool_oldest_record_age_seconds").unwrap();
     assert!(waited >= 5.0, "the wait shows in /metrics: {waited}");
-    assert!(records_of_uid(s3, &uid).is_empty());
+    assert!(objects_of_pod(s3, &uid).is_empty());
     let redelivered = metric("roar_node_records_redelivered_total").unwrap_or(0.0);
     s3.set_down(false);
     wait_until(
         "the record arrives after the outage",
         Duration::from_secs(120),
-        || !records_of_uid(s3, &uid).is_empty(),
+        || delivered_once(s3, &uid, "offline"),
     );
     wait_until("the spool empties", Duration::from_secs(30), || {
         metric("roar_node_records_spooled") == Some(0.0) && metric("roar_node_sink_up") == Some(1.0)
     });
-    assert_eq!(records_of_uid(s3, &uid).len(), 1, "none duplicated");
+    assert!(delivered_once(s3, &uid, "offline"), "none duplicated");
     assert!(metric("roar_node_records_redelivered_total").unwrap() > redelivered);
     assert_eq!(ready().0, 200);
 }
@@ -366,15 +406,16 @@ fn killed_during_an_upload(c: &Cluster, s3: &S3) {
     wait_until(
         "the record arrives after the restart",
         Duration::from_secs(120),
-        || !records_of_uid(s3, &uid).is_empty(),
+        || delivered_once(s3, &uid, "crash"),
     );
     wait_until("the spool empties", Duration::from_secs(60), || {
         stats()["spool"]["undelivered"] == 0
     });
-    let keys = records_of_uid(s3, &uid);
-    assert_eq!(keys.len(), 1, "exactly one object per task: {keys:?}");
-    let rec: Value = serde_json::from_slice(&s3.get(&keys[0])).unwrap();
-    assert_eq!(rec["fragments"].as_array().unwrap().len(), 1);
+    let objects = objects_of_pod(s3, &uid);
+    assert!(
+        delivered_once(s3, &uid, "crash"),
+        "exactly one object per task: {objects:?}"
+    );
 }
 
 /// The node's state directory wiped (a reclaimed node): every record is
@@ -461,7 +502,7 @@ fn bad_configuration_keeps_records_in_the_spool(c: &Cluster, s3: &S3, url: &str)
     wait_until(
         "the waiting records are delivered",
         Duration::from_secs(120),
-        || waiting.iter().all(|u| records_of_uid(s3, u).len() == 1),
+        || waiting.iter().all(|u| delivered_once(s3, u, "spooled")),
     );
     wait_ready(&c.kc, "ready again");
 }
