@@ -90,33 +90,46 @@ fn ready() -> (u16, String) {
 /// the daemon's sink stats, its environment and the end of its log.
 fn wait_ready(kc: &Path, what: &str) {
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(90) {
+    // A rollout on a loaded machine: the new pod may take a while to start.
+    while t0.elapsed() < Duration::from_secs(180) {
         if ready().0 == 200 {
             return;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let logs = daemon_logs(kc);
-    let tail: Vec<&str> = logs.lines().rev().take(30).collect();
-    let env = kubectl_ok(
-        kc,
-        &[
-            "-n",
-            NS,
-            "get",
-            "ds/roar-node",
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].env}",
-        ],
-        None,
-    );
+    let run = |args: &[&str]| {
+        kubectl(kc)
+            .args(args)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr)
+            })
+            .unwrap_or_default()
+    };
+    let pods = run(&["-n", NS, "get", "pods", "-o", "wide"]);
+    let env = run(&[
+        "-n",
+        NS,
+        "get",
+        "ds/roar-node",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env}",
+    ]);
+    let logs = run(&[
+        "-n",
+        NS,
+        "logs",
+        "-l",
+        "app.kubernetes.io/name=roar-node",
+        "--tail=30",
+    ]);
     panic!(
-        "{what}: /readyz {:?}\nsink stats: {}\nenv: {env}\nlog (last lines first):\n{}",
+        "{what}: /readyz {:?}\nsink stats: {}\npods: {pods}\nenv: {env}\nlog: {logs}",
         ready(),
         std::panic::catch_unwind(stats)
             .map(|s| s["sink"].clone())
             .unwrap_or_default(),
-        tail.join("\n")
     );
 }
 
