@@ -66,9 +66,46 @@ fn configure(kc: &Path, vars: &[(&str, Option<String>)], secret: bool) {
     // One change, one rollout: the next daemon is the one configured.
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     kubectl_ok(kc, &args, None);
+    // `set env` may roll the DaemonSet more than once: wait for the
+    // last template's one pod, then for its daemon.
+    wait_until("the DaemonSet rolled out", Duration::from_secs(180), || {
+        rolled_out(kc)
+    });
     if let Some(old) = old {
         wait_new_daemon(old, after);
     }
+}
+
+/// The DaemonSet's current template is the one running, in one pod.
+fn rolled_out(kc: &Path) -> bool {
+    let ds = kubectl_ok(
+        kc,
+        &[
+            "-n",
+            NS,
+            "get",
+            "ds/roar-node",
+            "-o",
+            "jsonpath={.metadata.generation} {.status.observedGeneration} {.status.updatedNumberScheduled} {.status.desiredNumberScheduled}",
+        ],
+        None,
+    );
+    let n: Vec<&str> = ds.split_whitespace().collect();
+    let pods = kubectl_ok(
+        kc,
+        &[
+            "-n",
+            NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=roar-node",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+        None,
+    );
+    n.len() == 4 && n[0] == n[1] && n[2] == n[3] && pods.trim() == "Running"
 }
 
 fn sink_env(s3: &S3, url: &str) -> Vec<(&'static str, Option<String>)> {
