@@ -647,37 +647,12 @@ pub fn wait_new_daemon(old: u32, after: f64) {
 
 /// GET on the daemon's metrics port (host network in the local cluster):
 /// status code and body.
-pub fn http_get(path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", 9477)) else {
-        return (0, String::new());
-    };
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = c.read_to_string(&mut out);
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+pub fn daemon_http_get(path: &str) -> (u16, String) {
+    crate::http_get("127.0.0.1:9477", path)
 }
 
-/// One sample of /metrics, by its exact series name (with labels).
-pub fn metric(series: &str) -> Option<f64> {
-    http_get("/metrics").1.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+/// One sample of the daemon's /metrics, by its exact series name (with
+/// labels).
+pub fn daemon_metric(series: &str) -> Option<f64> {
+    crate::metric_value(&daemon_http_get("/metrics").1, series)
 }

@@ -120,7 +120,7 @@ fn sink_env(s3: &S3, url: &str) -> Vec<(&'static str, Option<String>)> {
 }
 
 fn ready() -> (u16, String) {
-    http_get("/readyz")
+    daemon_http_get("/readyz")
 }
 
 /// Waits for /readyz to answer 200; if it does not, says what it answers,
@@ -403,8 +403,8 @@ fn store_down_for_30_seconds(c: &Cluster, s3: &S3) {
         "the record waits in the spool",
         Duration::from_secs(60),
         || {
-            metric("roar_node_records_spooled").is_some_and(|n| n >= 1.0)
-                && metric("roar_node_sink_up") == Some(0.0)
+            daemon_metric("roar_node_records_spooled").is_some_and(|n| n >= 1.0)
+                && daemon_metric("roar_node_sink_up") == Some(0.0)
         },
     );
     let (code, body) = ready();
@@ -416,10 +416,10 @@ fn store_down_for_30_seconds(c: &Cluster, s3: &S3) {
     while down_at.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let waited = metric("roar_node_spool_oldest_record_age_seconds").unwrap();
+    let waited = daemon_metric("roar_node_spool_oldest_record_age_seconds").unwrap();
     assert!(waited >= 5.0, "the wait shows in /metrics: {waited}");
     assert!(objects_of_pod(s3, &uid).is_empty());
-    let redelivered = metric("roar_node_records_redelivered_total").unwrap_or(0.0);
+    let redelivered = daemon_metric("roar_node_records_redelivered_total").unwrap_or(0.0);
     s3.set_down(false);
     wait_until(
         "the record arrives after the outage",
@@ -427,10 +427,11 @@ fn store_down_for_30_seconds(c: &Cluster, s3: &S3) {
         || delivered_once(s3, &uid, "offline"),
     );
     wait_until("the spool empties", Duration::from_secs(30), || {
-        metric("roar_node_records_spooled") == Some(0.0) && metric("roar_node_sink_up") == Some(1.0)
+        daemon_metric("roar_node_records_spooled") == Some(0.0)
+            && daemon_metric("roar_node_sink_up") == Some(1.0)
     });
     assert!(delivered_once(s3, &uid, "offline"), "none duplicated");
-    assert!(metric("roar_node_records_redelivered_total").unwrap() > redelivered);
+    assert!(daemon_metric("roar_node_records_redelivered_total").unwrap() > redelivered);
     assert_eq!(ready().0, 200);
 }
 
