@@ -130,6 +130,12 @@ pub enum RawEvent<'a> {
         data: UnlinkData,
         path: RawPath<'a>,
     },
+    Link {
+        header: EventHeader,
+        data: LinkData,
+        old: RawPath<'a>,
+        new: RawPath<'a>,
+    },
     Cgroup {
         header: EventHeader,
         data: CgroupData,
@@ -146,6 +152,7 @@ impl RawEvent<'_> {
             | Self::Open { header, .. }
             | Self::Rename { header, .. }
             | Self::Unlink { header, .. }
+            | Self::Link { header, .. }
             | Self::Cgroup { header, .. } => header,
         }
     }
@@ -194,6 +201,9 @@ impl<'a> Tail<'a> {
 }
 
 /// Decodes one ring-buffer record.
+///
+/// One arm per event kind, kept together: the whole wire layout in one
+/// place (its length is the number of kinds).
 pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
     let header: EventHeader = read(buf, 0)?;
     let kind = EventKind::from_u16(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
@@ -260,6 +270,17 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
             let (data, mut tail): (UnlinkData, _) = fixed!(UnlinkData);
             let path = tail.path(&data.path)?;
             RawEvent::Unlink { header, data, path }
+        }
+        EventKind::Link => {
+            let (data, mut tail): (LinkData, _) = fixed!(LinkData);
+            let old = tail.path(&data.old)?;
+            let new = tail.path(&data.new)?;
+            RawEvent::Link {
+                header,
+                data,
+                old,
+                new,
+            }
         }
         EventKind::CgroupMkdir | EventKind::CgroupRmdir => {
             let (data, mut tail): (CgroupData, _) = fixed!(CgroupData);
@@ -423,6 +444,32 @@ mod tests {
         };
         assert_eq!(old.to_bytes(), b"/w/a.tmp");
         assert_eq!(new.to_bytes(), b"/w/a");
+    }
+
+    #[test]
+    fn link_carries_the_source_identity_and_two_paths() {
+        let (o, mut tail) = path(&walked(b"/w/#77"), b"", 0);
+        let (n, t2) = path(&walked(b"/w"), b"final.bin", 0);
+        tail.extend_from_slice(&t2);
+        let data = LinkData {
+            flags: AT_EMPTY_PATH,
+            src_ino: 77,
+            src_dev: 9,
+            src_flags: LINK_SRC_KNOWN,
+            old: o,
+            new: n,
+            ..Default::default()
+        };
+        let rec = record(EventKind::Link, hdr(), &data, &tail);
+        let RawEvent::Link {
+            data: d, old, new, ..
+        } = decode(&rec).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(d, data);
+        assert_eq!(old.to_bytes(), b"/w/#77");
+        assert_eq!(new.to_bytes(), b"/w/final.bin");
     }
 
     #[test]

@@ -19,10 +19,11 @@ pub enum EventKind {
     Unlink = 6,
     CgroupMkdir = 7,
     CgroupRmdir = 8,
+    Link = 9,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Exec,
         EventKind::Fork,
         EventKind::Exit,
@@ -31,9 +32,10 @@ impl EventKind {
         EventKind::Unlink,
         EventKind::CgroupMkdir,
         EventKind::CgroupRmdir,
+        EventKind::Link,
     ];
     /// One past the largest discriminant: sizes per-kind counter arrays.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     pub const fn from_u16(v: u16) -> Option<Self> {
         Some(match v {
@@ -45,6 +47,7 @@ impl EventKind {
             6 => Self::Unlink,
             7 => Self::CgroupMkdir,
             8 => Self::CgroupRmdir,
+            9 => Self::Link,
             _ => return None,
         })
     }
@@ -59,6 +62,7 @@ impl EventKind {
             Self::Unlink => "unlink",
             Self::CgroupMkdir => "cgroup_mkdir",
             Self::CgroupRmdir => "cgroup_rmdir",
+            Self::Link => "link",
         }
     }
 }
@@ -112,6 +116,12 @@ pub struct ExecData {
 
 pub const EXEC_ARGV_TRUNCATED: u32 = 1 << 0;
 pub const EXEC_ARGV_READ_ERROR: u32 = 1 << 1;
+/// The parent could not be read: `ppid` is 0 and means nothing.
+pub const EXEC_PPID_UNKNOWN: u32 = 1 << 2;
+/// The mount namespace could not be read: `mnt_ns` is 0 and means nothing.
+pub const EXEC_MNT_NS_UNKNOWN: u32 = 1 << 3;
+/// The credentials could not be read: `uid` means nothing.
+pub const EXEC_UID_UNKNOWN: u32 = 1 << 4;
 
 /// A new process or thread (sched_process_fork). `header.tgid/pid` are the
 /// parent's.
@@ -166,9 +176,16 @@ pub struct OpenData {
     pub size: u64,
     /// Syscall number (`syscalls::*`).
     pub syscall: u32,
-    pub _pad: u32,
+    /// `OPEN_*` flags: fields a failed kernel read left unknown.
+    pub flags: u32,
     pub path: PathHeader,
 }
+
+/// The caller's open flags could not be read: `open_flags` is 0 and means
+/// nothing (whether the open truncated the file is unknown).
+pub const OPEN_FLAGS_UNKNOWN: u32 = 1 << 0;
+/// The file's size could not be read: `size` is 0 and means nothing.
+pub const OPEN_SIZE_UNKNOWN: u32 = 1 << 1;
 
 /// A successful rename, renameat or renameat2.
 ///
@@ -195,6 +212,35 @@ pub struct UnlinkData {
 }
 
 pub const AT_REMOVEDIR: u32 = 0x200;
+
+/// A successful link or linkat: `new` is a new name for the file `old`
+/// names.
+///
+/// Tail: `old` path, then `new` path, as in `RenameData`. When the source
+/// is given as a descriptor (`AT_EMPTY_PATH` with an empty name, or a
+/// `/proc/self/fd/N` name), `old` is the walked path of that descriptor's
+/// file and `src_*` identify the file, so a file that had no name (opened
+/// with `O_TMPFILE`) can be matched to its open.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkData {
+    /// linkat flags (AT_EMPTY_PATH, AT_SYMLINK_FOLLOW).
+    pub flags: u32,
+    pub syscall: u32,
+    /// The source file's inode number, when `LINK_SRC_KNOWN`.
+    pub src_ino: u64,
+    /// The source file's `sb->s_dev` (kernel encoding), when known.
+    pub src_dev: u32,
+    /// `LINK_*` flags.
+    pub src_flags: u32,
+    pub old: PathHeader,
+    pub new: PathHeader,
+}
+
+/// `src_dev`/`src_ino` identify the linked file (it was given as an fd).
+pub const LINK_SRC_KNOWN: u32 = 1 << 0;
+/// linkat's `AT_EMPTY_PATH`: the source is the dirfd itself.
+pub const AT_EMPTY_PATH: u32 = 0x1000;
 
 /// A cgroup v2 directory was created or removed.
 ///
@@ -233,6 +279,7 @@ pub type ExitEvent = Event<ExitData>;
 pub type OpenEvent = Event<OpenData>;
 pub type RenameEvent = Event<RenameData>;
 pub type UnlinkEvent = Event<UnlinkData>;
+pub type LinkEvent = Event<LinkData>;
 pub type CgroupEvent = Event<CgroupData>;
 
 // The wire format is shared with the kernel: catch accidental changes.
@@ -244,4 +291,5 @@ const _: () = assert!(core::mem::size_of::<ExitData>() == 8);
 const _: () = assert!(core::mem::size_of::<OpenData>() == 56);
 const _: () = assert!(core::mem::size_of::<RenameData>() == 24);
 const _: () = assert!(core::mem::size_of::<UnlinkData>() == 16);
+const _: () = assert!(core::mem::size_of::<LinkData>() == 40);
 const _: () = assert!(core::mem::size_of::<CgroupData>() == 32);

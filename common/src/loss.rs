@@ -38,8 +38,19 @@ pub const CGROUP_READ_FAILED: u32 = SCRATCH_UNAVAILABLE + 6;
 /// is retried from userspace and recorded as partial.
 pub const TRACE_SET_FULL: u32 = SCRATCH_UNAVAILABLE + 7;
 
+/// An event was sent with a path the kernel could not resolve to the end
+/// (`path::PATH_INCOMPLETE`: deeper than PATH_MAX, a failed read during the
+/// walk, an unreadable file name argument, ...). The event is not lost,
+/// the exact path is: its record names the path as inexact and is partial.
+pub const PATH_INEXACT: u32 = SCRATCH_UNAVAILABLE + 8;
+/// An event was sent with a field a failed kernel read left unknown (the
+/// parent, mount namespace or uid of an exec; the flags or size of an
+/// open): flagged on the event, never sent as 0. Its record says which and
+/// is partial.
+pub const FIELD_UNREADABLE: u32 = SCRATCH_UNAVAILABLE + 9;
+
 /// Size of the `STATS` array.
-pub const STATS_LEN: u32 = SCRATCH_UNAVAILABLE + 8;
+pub const STATS_LEN: u32 = SCRATCH_UNAVAILABLE + 10;
 
 /// Human names for the counters, for metrics and records.
 pub fn stat_name(index: u32) -> Option<&'static str> {
@@ -53,6 +64,7 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
             EventKind::Unlink => "lost_ringbuf_full_unlink",
             EventKind::CgroupMkdir => "lost_ringbuf_full_cgroup_mkdir",
             EventKind::CgroupRmdir => "lost_ringbuf_full_cgroup_rmdir",
+            EventKind::Link => "lost_ringbuf_full_link",
         });
     }
     Some(match index {
@@ -64,16 +76,21 @@ pub fn stat_name(index: u32) -> Option<&'static str> {
         KERNEL_READ_FAILED => "lost_kernel_read_failed",
         CGROUP_READ_FAILED => "cgroup_read_failed",
         TRACE_SET_FULL => "lost_filter_full",
+        PATH_INEXACT => "lost_path_inexact",
+        FIELD_UNREADABLE => "lost_field_unreadable",
         _ => return None,
     })
 }
 
-/// Whether the counter at `index` counts lost events.
+/// Whether the counter at `index` counts losses: events lost, or events
+/// sent without something they should carry (an exact path, a field).
 pub const fn is_loss(index: u32) -> bool {
     (index >= 1 && (index as usize) < EventKind::COUNT)
         || index == SCRATCH_UNAVAILABLE
         || index == KERNEL_READ_FAILED
         || index == TRACE_SET_FULL
+        || index == PATH_INEXACT
+        || index == FIELD_UNREADABLE
 }
 
 #[cfg(test)]
@@ -90,6 +107,9 @@ mod tests {
             DEDUP_INSERT_FAILED,
             KERNEL_READ_FAILED,
             CGROUP_READ_FAILED,
+            TRACE_SET_FULL,
+            PATH_INEXACT,
+            FIELD_UNREADABLE,
         ];
         for (i, a) in named.iter().enumerate() {
             assert!(*a < STATS_LEN, "counter {a} is outside STATS");
@@ -117,5 +137,9 @@ mod tests {
         assert!(!is_loss(CGROUP_READ_FAILED));
         assert!(!is_loss(OPEN_REPEAT_SUPPRESSED));
         assert!(!is_loss(DEDUP_INSERT_FAILED));
+        // Events sent without their exact path or a field: losses too.
+        assert!(is_loss(PATH_INEXACT) && is_loss(FIELD_UNREADABLE));
+        assert_eq!(stat_name(PATH_INEXACT), Some("lost_path_inexact"));
+        assert_eq!(stat_name(FIELD_UNREADABLE), Some("lost_field_unreadable"));
     }
 }

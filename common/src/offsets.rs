@@ -38,6 +38,7 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     pub inode_i_generation: u32,
     pub inode_i_size: u32,
+    pub inode_i_nlink: u32,
     // super_block
     pub sb_s_dev: u32,
     pub sb_s_magic: u32,

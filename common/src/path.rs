@@ -44,10 +44,23 @@ pub const PATH_RAW_READ_ERROR: u16 = 1 << 4;
 /// disconnected or deleted tree).
 pub const PATH_DISCONNECTED: u16 = 1 << 5;
 
+/// The file had no name when the event was made: its link count was 0
+/// (created with `O_TMPFILE`, or deleted before this open). The walked
+/// name is the kernel's placeholder (`#<inode>` for `O_TMPFILE`) or a name
+/// it no longer has.
+pub const PATH_UNLINKED: u16 = 1 << 6;
+
+/// Flags that say the walk or the caller's string could not be read to
+/// the end: the bytes sent are only part of the path. The kernel counts
+/// every event sent with one (`loss::PATH_INEXACT`).
+pub const PATH_INCOMPLETE: u16 =
+    PATH_TRUNCATED | PATH_OUTSIDE_ROOT | PATH_READ_ERROR | PATH_RAW_TRUNCATED | PATH_RAW_READ_ERROR;
+
+/// Flags that say the file has no name to find: it hangs below no
+/// directory (a memfd, a disconnected NFS handle) or has no link (an
+/// `O_TMPFILE` file, a deleted one). Not a path lost in reading; what it
+/// means for the record depends on what the task did with the file.
+pub const PATH_NAMELESS: u16 = PATH_DISCONNECTED | PATH_UNLINKED;
+
 /// Flags that mean the path is not the exact one the process used.
-pub const PATH_INEXACT: u16 = PATH_TRUNCATED
-    | PATH_OUTSIDE_ROOT
-    | PATH_READ_ERROR
-    | PATH_RAW_TRUNCATED
-    | PATH_RAW_READ_ERROR
-    | PATH_DISCONNECTED;
+pub const PATH_INEXACT: u16 = PATH_INCOMPLETE | PATH_NAMELESS;

@@ -4,9 +4,11 @@
 pub const OPEN: u32 = 2;
 pub const RENAME: u32 = 82;
 pub const CREAT: u32 = 85;
+pub const LINK: u32 = 86;
 pub const UNLINK: u32 = 87;
 pub const UNLINKAT: u32 = 263;
 pub const RENAMEAT: u32 = 264;
+pub const LINKAT: u32 = 265;
 pub const OPENAT: u32 = 257;
 pub const RENAMEAT2: u32 = 316;
 pub const OPENAT2: u32 = 437;
@@ -25,6 +27,8 @@ pub const TRACED_EXITS: &[&str] = &[
     "renameat2",
     "unlink",
     "unlinkat",
+    "link",
+    "linkat",
 ];
 
 /// `AT_FDCWD`: a dirfd meaning "relative to the working directory".
@@ -36,6 +40,8 @@ pub const fn name(nr: u32) -> &'static str {
         RENAME => "rename",
         CREAT => "creat",
         UNLINK => "unlink",
+        LINK => "link",
+        LINKAT => "linkat",
         UNLINKAT => "unlinkat",
         RENAMEAT => "renameat",
         OPENAT => "openat",

@@ -67,10 +67,88 @@ fn paths_up_to_4_kib_are_exact() {
         .write(output.to_str().unwrap())
         .unwrap_or_else(|| panic!("{:?}", t.write_paths()));
     assert_eq!(write["hash"], blake3_file(&output));
+    // Records name inexact paths under `inexact_paths` (absent when every
+    // path is exact), and a record with one is partial.
+    assert!(t.md().get("inexact_paths").is_none(), "{}", t.md());
+    assert_eq!(t.md()["capture"]["inexact_paths"], 0, "{}", t.md());
+    assert_eq!(t.md()["capture"]["partial"], false, "{}", t.md());
+}
+
+/// A path longer than PATH_MAX (reached by `cd`-ing one relative step at a
+/// time) cannot be walked to the root in the kernel: the record must not
+/// report the shorter path the walk found, hash it, or call it deleted.
+/// It names what is known (the end of the path, marked with a leading
+/// `…`), why, and is partial; the loss is counted.
+#[test]
+fn paths_beyond_path_max_are_flagged_not_guessed() {
+    let w = Work::new("too-deep");
+    // 24 levels of 220-byte names: over 5 KiB below the work directory,
+    // each step a relative chdir (a shell's `cd` gives up at PATH_MAX).
+    let descend = "import os\nfor _ in range(24):\n    os.makedirs('d' * 220, exist_ok=True)\n    os.chdir('d' * 220)\n";
+    let setup = format!("{descend}open('in.txt', 'w').write('deep input')\n");
+    let made = Command::new("python3")
+        .current_dir(&w.dir)
+        .args(["-c", &setup])
+        .status();
+    assert!(made.unwrap().success());
+    let script = format!("{descend}open('out.txt', 'w').write(open('in.txt').read())\n");
+    let t = w.trace(&["python3", "-c", &script]).ok();
+    let md = t.md();
+    // No guessed absolute path: neither file is a read or a write, neither
+    // is unhashed or deleted under a name it does not have.
+    let guessed = |p: &str| p.ends_with("/in.txt") || p.ends_with("/out.txt");
     assert!(
-        t.md()
-            .get("inexact")
-            .is_none_or(|v| v.as_array().is_none_or(Vec::is_empty))
+        !t.read_paths().iter().any(|p| guessed(p)),
+        "{:?}",
+        t.read_paths()
+    );
+    assert!(
+        !t.write_paths().iter().any(|p| guessed(p)),
+        "{:?}",
+        t.write_paths()
+    );
+    assert_eq!(md["deleted"], serde_json::json!([]), "{md}");
+    assert_eq!(md["unhashed"], serde_json::json!([]), "{md}");
+    // Named as inexact, with the reason and the role.
+    let inexact = md["inexact_paths"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{md}"));
+    for (leaf, role) in [("/in.txt", "input"), ("/out.txt", "output")] {
+        let e = inexact
+            .iter()
+            .find(|e| e["path"].as_str().unwrap().ends_with(leaf))
+            .unwrap_or_else(|| panic!("{leaf}: {inexact:?}"));
+        let path = e["path"].as_str().unwrap();
+        assert!(path.starts_with('…'), "{path}");
+        assert!(
+            e["roles"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(role)),
+            "{e}"
+        );
+        assert!(
+            e["problems"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("truncated")),
+            "{e}"
+        );
+    }
+    // Partial, counted in the record and by the kernel (which /metrics
+    // exports as a loss cause).
+    assert_eq!(md["capture"]["partial"], true, "{md}");
+    assert!(
+        md["capture"]["partial_reason"]
+            .as_str()
+            .unwrap()
+            .contains("inexact"),
+        "{md}"
+    );
+    assert_eq!(md["capture"]["inexact_paths"], 2, "{md}");
+    assert!(
+        md["kernel_counters"]["lost_path_inexact"].as_u64() >= Some(2),
+        "{md}"
     );
 }
 

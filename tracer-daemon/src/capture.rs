@@ -9,7 +9,7 @@ use crate::{
     engine::{Engine, TaskHome},
     events::reader::EventReader,
     probes::{ProbeOptions, Probes, preflight},
-    records::hashing::HashPool,
+    records::hashing::{HashBudget, HashPool},
     tasks::TaskLimits,
 };
 
@@ -29,12 +29,14 @@ const HASH_CACHE: usize = 200_000;
 
 impl<L> Capture<L> {
     /// Checks capabilities and BTF, loads and attaches the programs, and
-    /// starts `hash_workers` hashing threads. `proc_root`: where processes'
+    /// starts `hash_workers` hashing threads, each file within
+    /// `hash_budget`. `proc_root`: where processes'
     /// namespaces are opened (`/proc`, or the host's in a pod).
     pub(crate) fn start(
         opts: ProbeOptions,
         proc_root: PathBuf,
         hash_workers: usize,
+        hash_budget: HashBudget,
         limits: TaskLimits,
         home: TaskHome,
     ) -> anyhow::Result<Self> {
@@ -42,8 +44,8 @@ impl<L> Capture<L> {
         preflight::check_btf(&opts.btf_path)?;
         let mut probes = Probes::load(opts)?;
         let reader = EventReader::new(probes.take_events()?).context("ring buffer")?;
-        let pool =
-            Arc::new(HashPool::new(hash_workers, HASH_QUEUE, HASH_CACHE).context("hash workers")?);
+        let pool = HashPool::new(hash_workers, HASH_QUEUE, HASH_CACHE, hash_budget);
+        let pool = Arc::new(pool.context("hash workers")?);
         let engine = Engine::new(pool.clone(), proc_root, limits, home)?;
         Ok(Self {
             probes,

@@ -290,6 +290,7 @@ impl<L> Engine<L> {
             ns,
             path: first.path.clone(),
             expect: Some((first.dev, first.ino)),
+            dev: Some(first.dev),
             slot: slot.clone(),
         };
         match self.pool.try_submit(job) {

@@ -1,6 +1,8 @@
 //! Reading kernel structs through offsets taken from BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 
 use crate::maps::global;
 
@@ -43,7 +45,9 @@ pub fn read_path(base: u64, off: u32) -> Result<KPath, i64> {
 pub struct Window<const N: usize> {
     ptr: u64,
     start: u32,
-    bytes: [u8; N],
+    /// Filled by the one helper call, in place: a window moved around as a
+    /// value is copied byte by byte, and the open path's stack is tight.
+    bytes: MaybeUninit<[u8; N]>,
 }
 
 impl<const N: usize> Window<N> {
@@ -56,18 +60,32 @@ impl<const N: usize> Window<N> {
                 start = o;
             }
         }
-        Ok(Self {
+        let mut w = Self {
             ptr,
             start,
-            bytes: read(ptr, start)?,
-        })
+            bytes: MaybeUninit::uninit(),
+        };
+        let rc = unsafe {
+            generated::bpf_probe_read_kernel(
+                w.bytes.as_mut_ptr().cast::<c_void>(),
+                N as u32,
+                (ptr + start as u64) as *const c_void,
+            )
+        };
+        if rc < 0 {
+            return Err(rc);
+        }
+        Ok(w)
     }
 
     #[inline(always)]
     pub fn get<T: Copy>(&self, off: u32) -> Result<T, i64> {
         let rel = off.wrapping_sub(self.start) as usize;
         if rel + core::mem::size_of::<T>() <= N {
-            Ok(unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(rel).cast::<T>()) })
+            // SAFETY: the helper filled all N bytes (`read` returned Ok).
+            Ok(unsafe {
+                core::ptr::read_unaligned(self.bytes.as_ptr().cast::<u8>().add(rel).cast::<T>())
+            })
         } else {
             read(self.ptr, off)
         }

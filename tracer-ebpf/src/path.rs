@@ -10,15 +10,26 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel_str, bpf_probe_read_user_str};
 use roar_node_common::{
     limits::{NAME_BUF, PATH_MAX, WALK_MAX_STEPS},
+    loss,
     path::{
-        PATH_DISCONNECTED, PATH_OUTSIDE_ROOT, PATH_RAW_READ_ERROR, PATH_READ_ERROR, PATH_TRUNCATED,
+        PATH_DISCONNECTED, PATH_INCOMPLETE, PATH_OUTSIDE_ROOT, PATH_RAW_READ_ERROR,
+        PATH_READ_ERROR, PATH_TRUNCATED,
     },
 };
 
 use crate::{
     kernel::{KPath, read, read_ptr},
-    maps::{SCRATCH, global},
+    maps::{SCRATCH, count, global},
 };
+
+/// Counts an event about to be sent with a path that is only part of the
+/// real one (its record says so; `/metrics` counts it as a loss).
+#[inline(always)]
+pub fn count_if_incomplete(flags: u16) {
+    if flags & PATH_INCOMPLETE != 0 {
+        count(loss::PATH_INEXACT);
+    }
+}
 
 /// Offsets into the scratch buffer are masked with this before use: with
 /// at most `PATH_MAX + NAME_BUF` bytes written past it, every write stays

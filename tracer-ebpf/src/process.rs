@@ -8,25 +8,83 @@ use aya_ebpf::{
 };
 use roar_node_common::{
     event::{
-        EXEC_ARGV_READ_ERROR, EXEC_ARGV_TRUNCATED, EXIT_GROUP_DEAD, EventHeader, EventKind,
-        ExecData, ExitData, FORK_THREAD, ForkData,
+        EXEC_ARGV_READ_ERROR, EXEC_ARGV_TRUNCATED, EXEC_MNT_NS_UNKNOWN, EXEC_PPID_UNKNOWN,
+        EXEC_UID_UNKNOWN, EXIT_GROUP_DEAD, EventHeader, EventKind, ExecData, ExitData, FORK_THREAD,
+        ForkData,
     },
     limits::ARGV_MAX,
-    path::PathHeader,
+    loss,
+    path::{PATH_READ_ERROR, PathHeader},
 };
 
 use crate::{
     emit::{header, put, scratch, submit},
     kernel::*,
-    maps::global,
-    path::walk,
+    maps::{count, global},
+    path::{count_if_incomplete, walk},
     traced::Traced,
 };
+
+/// Fields whose failed read `try_exec` flags (and counts) instead of
+/// sending a made-up value.
+const EXEC_UNKNOWN: u32 =
+    EXEC_ARGV_READ_ERROR | EXEC_PPID_UNKNOWN | EXEC_MNT_NS_UNKNOWN | EXEC_UID_UNKNOWN;
 
 const EXEC_TAIL: usize = size_of::<EventHeader>() + size_of::<ExecData>();
 /// argv lands after the executable's path (at most ~4.3 KiB past
 /// EXEC_TAIL); masking its offset with this proves the bound.
 const ARGV_OFFSET_MASK: usize = 0x1fff;
+
+/// argv as copied into an exec event.
+struct Argv {
+    /// Bytes copied.
+    len: u64,
+    /// Bytes in the process image.
+    total: u64,
+    /// `EXEC_ARGV_*` flags.
+    flags: u32,
+}
+
+/// Copies the new image's argv (the kernel just wrote it, so it is
+/// resident) to scratch offset `at`, cut at `ARGV_MAX`. A failed read of
+/// its bounds or bytes is flagged: an empty argv would look like a fact.
+#[inline(always)]
+fn read_argv(task: u64, buf: *mut u8, at: usize) -> Argv {
+    let bounds = read_ptr(task, global!(KERNEL.task_mm)).and_then(|mm| {
+        let start: u64 = read(mm, global!(KERNEL.mm_arg_start))?;
+        let end: u64 = read(mm, global!(KERNEL.mm_arg_end))?;
+        Ok((start, end))
+    });
+    let Ok((start, end)) = bounds else {
+        return Argv {
+            len: 0,
+            total: 0,
+            flags: EXEC_ARGV_READ_ERROR,
+        };
+    };
+    let total = end.saturating_sub(start);
+    let (len, mut flags) = if total > (ARGV_MAX - 1) as u64 {
+        ((ARGV_MAX - 1) as u64, EXEC_ARGV_TRUNCATED)
+    } else {
+        (total, 0)
+    };
+    let rc = unsafe {
+        bpf_probe_read_user(
+            buf.add(at & ARGV_OFFSET_MASK).cast::<c_void>(),
+            (len as u32) & (ARGV_MAX as u32 - 1),
+            start as *const c_void,
+        )
+    };
+    if rc < 0 {
+        flags |= EXEC_ARGV_READ_ERROR;
+        return Argv {
+            len: 0,
+            total,
+            flags,
+        };
+    }
+    Argv { len, total, flags }
+}
 
 /// sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 /// For a traced task; an error means the event was abandoned.
@@ -43,49 +101,38 @@ pub fn try_exec(ctx: &BtfTracePointContext, t: Traced) -> Result<(), i64> {
             let w = walk(EXEC_TAIL, start, root);
             (w.len, w.flags)
         }
-        Err(_) => (0, roar_node_common::path::PATH_READ_ERROR),
+        Err(_) => (0, PATH_READ_ERROR),
     };
+    count_if_incomplete(exe_flags);
 
-    // argv from the new image: the kernel just wrote it, so it is resident.
     let argv_at = EXEC_TAIL + exe_len as usize;
-    let mut flags = 0;
-    let mut total: u64 = 0;
-    let mut len: u64 = 0;
-    if let Ok(mm) = read_ptr(task, global!(KERNEL.task_mm)) {
-        let start: u64 = read(mm, global!(KERNEL.mm_arg_start)).unwrap_or(0);
-        let end: u64 = read(mm, global!(KERNEL.mm_arg_end)).unwrap_or(0);
-        total = end.saturating_sub(start);
-        len = if total > (ARGV_MAX - 1) as u64 {
-            flags |= EXEC_ARGV_TRUNCATED;
-            (ARGV_MAX - 1) as u64
-        } else {
-            total
-        };
-        let rc = unsafe {
-            bpf_probe_read_user(
-                buf.add(argv_at & ARGV_OFFSET_MASK).cast::<c_void>(),
-                (len as u32) & (ARGV_MAX as u32 - 1),
-                start as *const c_void,
-            )
-        };
-        if rc < 0 {
-            flags |= EXEC_ARGV_READ_ERROR;
-            len = 0;
-        }
-    } else {
-        flags |= EXEC_ARGV_READ_ERROR;
-    }
+    let argv = read_argv(task, buf, argv_at);
+    let (len, total, mut flags) = (argv.len, argv.total, argv.flags);
 
+    // A failed read is flagged, never sent as a value: ppid 0 or mount
+    // namespace 0 would be taken for facts.
     let ppid = read_ptr(task, global!(KERNEL.task_real_parent))
         .and_then(|p| read::<u32>(p, global!(KERNEL.task_tgid)))
-        .unwrap_or(0);
+        .unwrap_or_else(|_| {
+            flags |= EXEC_PPID_UNKNOWN;
+            0
+        });
     let mnt_ns = read_ptr(task, global!(KERNEL.task_nsproxy))
         .and_then(|n| read_ptr(n, global!(KERNEL.nsproxy_mnt_ns)))
         .and_then(|m| read::<u32>(m, global!(KERNEL.mnt_ns_inum)))
-        .unwrap_or(0);
+        .unwrap_or_else(|_| {
+            flags |= EXEC_MNT_NS_UNKNOWN;
+            0
+        });
     let uid = read_ptr(task, global!(KERNEL.task_real_cred))
         .and_then(|c| read::<u32>(c, global!(KERNEL.cred_uid)))
-        .unwrap_or(u32::MAX);
+        .unwrap_or_else(|_| {
+            flags |= EXEC_UID_UNKNOWN;
+            u32::MAX
+        });
+    if flags & EXEC_UNKNOWN != 0 {
+        count(loss::FIELD_UNREADABLE);
+    }
 
     put(buf, 0, header(EventKind::Exec, t.root));
     put(

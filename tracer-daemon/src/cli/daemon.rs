@@ -4,6 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
+use super::hash_budget::HashBudgetArgs;
 use crate::{
     daemon::{self, PolicySource},
     observability,
@@ -131,10 +132,12 @@ pub(crate) struct DaemonArgs {
     /// Hashing threads.
     #[arg(long, default_value_t = 2, env = "ROAR_NODE_HASH_WORKERS")]
     hash_workers: usize,
+    #[command(flatten)]
+    hash_budget: HashBudgetArgs,
 }
 
 impl DaemonArgs {
-    fn into_config(self) -> daemon::Config {
+    fn into_config(self) -> anyhow::Result<daemon::Config> {
         let policy = match self.policy_dir {
             Some(dir) => PolicySource::Dir(dir),
             None => PolicySource::Settings {
@@ -143,7 +146,8 @@ impl DaemonArgs {
                 presets: self.presets,
             },
         };
-        daemon::Config {
+        Ok(daemon::Config {
+            hash_budget: self.hash_budget.budget()?,
             node_name: self.node_name,
             kubeconfig: self.kubeconfig,
             bundle_dir: self.bundle_dir,
@@ -174,10 +178,10 @@ impl DaemonArgs {
             ring_buffer_bytes: self.ring_buffer_bytes,
             no_suppress: self.no_suppress,
             hash_workers: self.hash_workers,
-        }
+        })
     }
 }
 
 pub(super) async fn run(args: DaemonArgs) -> anyhow::Result<i32> {
-    daemon::run(args.into_config()).await
+    daemon::run(args.into_config()?).await
 }

@@ -5,6 +5,7 @@
 mod bundles;
 mod collect;
 mod daemon;
+mod hash_budget;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -4,6 +4,7 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::Args;
 
+use super::hash_budget::HashBudgetArgs;
 use crate::{local, records::path_filters::PathFilterConfig};
 
 #[derive(Debug, Args)]
@@ -45,6 +46,8 @@ pub(crate) struct RunArgs {
     /// Always keep paths with this prefix, whatever else matches (repeatable).
     #[arg(long, value_name = "PATH")]
     keep_path: Vec<String>,
+    #[command(flatten)]
+    hash_budget: HashBudgetArgs,
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
@@ -71,6 +74,7 @@ impl RunArgs {
             name: self.name,
             ring_buffer_bytes: self.ring_buffer_bytes,
             no_suppress: self.no_suppress,
+            hash_budget: self.hash_budget.budget()?,
             quiet: self.quiet,
             command: self.command,
         })

@@ -80,6 +80,7 @@ pub(crate) struct Config {
     /// Report every open (debugging, benchmarks).
     pub(crate) no_suppress: bool,
     pub(crate) hash_workers: usize,
+    pub(crate) hash_budget: crate::records::hashing::HashBudget,
 }
 
 /// Where records go and what the node keeps.

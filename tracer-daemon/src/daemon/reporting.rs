@@ -155,6 +155,13 @@ struct SinkReport {
 struct HashingReport {
     bytes: u64,
     files: u64,
+    /// Files not hashed: over budget or on a hung file system.
+    over_budget: u64,
+    /// Hashing threads abandoned to a call that did not return, and of
+    /// those, the ones still blocked.
+    workers_abandoned: u64,
+    workers_stuck: u64,
+    hung_skipped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -236,6 +243,10 @@ impl State {
             hashing: HashingReport {
                 bytes: load(&self.ctx.pool.stats.bytes),
                 files: load(&self.ctx.pool.stats.files),
+                over_budget: load(&self.ctx.pool.stats.over_budget),
+                workers_abandoned: load(&self.ctx.pool.stats.workers_abandoned),
+                workers_stuck: load(&self.ctx.pool.stats.workers_stuck),
+                hung_skipped: load(&self.ctx.pool.stats.hung_skipped),
             },
             files_held: self.engine.files_held(),
             pods_known: self.attr.pods.len(),
@@ -298,6 +309,10 @@ impl Report {
         m.local_records_bytes.set(gauge_value(sink.local_bytes));
         observe_total(&m.hash_bytes, self.hashing.bytes);
         observe_total(&m.hash_files, self.hashing.files);
+        observe_total(&m.hash_over_budget, self.hashing.over_budget);
+        observe_total(&m.hash_workers_abandoned, self.hashing.workers_abandoned);
+        m.hash_workers_stuck
+            .set(gauge_value(self.hashing.workers_stuck));
         m.active_tasks.set(gauge_value(t.active as u64));
         observe_total(&m.tasks_started, t.resolved);
         observe_total(&m.tasks_discarded, t.discarded);

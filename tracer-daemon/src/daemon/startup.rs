@@ -80,6 +80,7 @@ pub(super) async fn start(
         opts,
         config.host_proc.clone(),
         config.hash_workers,
+        config.hash_budget,
         config.limits,
         // Containers' files are never in our view: one whose opener's
         // namespace is unknown is reported unhashed, not looked up here.

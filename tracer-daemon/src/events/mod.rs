@@ -10,9 +10,10 @@ use roar_node_common::{
     decode::{DecodeError, RawEvent, RawPath, decode},
     event::{
         AT_REMOVEDIR, CGROUP_PATH_TRUNCATED, CGROUP_TRACED, EXEC_ARGV_READ_ERROR,
-        EXEC_ARGV_TRUNCATED, EventKind, FORK_THREAD,
+        EXEC_ARGV_TRUNCATED, EXEC_MNT_NS_UNKNOWN, EXEC_PPID_UNKNOWN, EXEC_UID_UNKNOWN, EventKind,
+        FORK_THREAD, LINK_SRC_KNOWN, OPEN_FLAGS_UNKNOWN, OPEN_SIZE_UNKNOWN,
     },
-    path::PATH_INEXACT,
+    path::{PATH_INEXACT, PATH_RAW_READ_ERROR},
 };
 
 /// `fmode_t` bits (include/linux/fs.h).
@@ -21,12 +22,21 @@ const FMODE_WRITE: u32 = 1 << 1;
 /// The open created the file.
 const FMODE_CREATED: u32 = 1 << 20;
 const O_TRUNC: u32 = 0o1000;
+/// `__O_TMPFILE`: the open made a file with no name.
+const O_TMPFILE: u32 = 0o20000000;
 /// renameat2 flag: the two names swapped files.
 const RENAME_EXCHANGE: u32 = 1 << 1;
+
+/// Starts the bytes of every inexact path: what is known of it follows
+/// (the end of a path the walk could not finish, ...). An exact path
+/// starts with `/`, so the two can never be taken for each other, in the
+/// record or as a key of a task's file table.
+pub(crate) const INEXACT_MARK: &str = "…";
 
 /// A path as the task saw it, and whether it is exact.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct FilePath {
+    /// The absolute path when exact; else `INEXACT_MARK` and what is known.
     pub(crate) bytes: Vec<u8>,
     /// `PATH_*` flags that make it inexact (0 when exact).
     pub(crate) inexact: u16,
@@ -34,10 +44,25 @@ pub(crate) struct FilePath {
 
 impl FilePath {
     fn from_raw(p: &RawPath<'_>) -> Self {
-        Self {
-            bytes: normalize(&p.to_bytes()),
-            inexact: p.flags & PATH_INEXACT,
+        let inexact = p.flags & PATH_INEXACT;
+        if inexact == 0 {
+            return Self {
+                bytes: normalize(&p.to_bytes()),
+                inexact,
+            };
         }
+        // Never a shorter absolute path that looks exact: the known part
+        // behind a mark. A caller's string that could not be read says
+        // nothing at all about the name.
+        let mut bytes = INEXACT_MARK.as_bytes().to_vec();
+        if p.flags & PATH_RAW_READ_ERROR == 0 {
+            bytes.extend_from_slice(&normalize(&p.to_bytes()));
+        }
+        Self { bytes, inexact }
+    }
+
+    pub(crate) fn is_exact(&self) -> bool {
+        self.inexact == 0
     }
 }
 
@@ -99,11 +124,28 @@ pub enum Body {
         path: FilePath,
         dir: bool,
     },
+    Link(Link),
     Cgroup(CgroupChange),
 }
 
+/// A new name (`new`) for the file `old` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Link {
+    pub(crate) old: FilePath,
+    pub(crate) new: FilePath,
+    /// The linked file's (`stat` device, inode), when the kernel had it
+    /// from a descriptor: how a file with no name (`O_TMPFILE`) is found.
+    pub(crate) source: Option<(u64, u64)>,
+}
+
+/// Fields of an exec the kernel could not read (`EXEC_*` bits); their
+/// values mean nothing.
+pub(crate) const EXEC_UNKNOWN_FIELDS: u32 =
+    EXEC_PPID_UNKNOWN | EXEC_MNT_NS_UNKNOWN | EXEC_UID_UNKNOWN | EXEC_ARGV_READ_ERROR;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Exec {
+    /// 0 when unknown (`unknown` says).
     pub(crate) ppid: u32,
     pub(crate) exe: FilePath,
     pub(crate) argv: Vec<Vec<u8>>,
@@ -114,6 +156,8 @@ pub(crate) struct Exec {
     pub(crate) mnt_ns: u32,
     pub(crate) uid: u32,
     pub(crate) own_cgroup: u64,
+    /// `EXEC_UNKNOWN_FIELDS` bits: fields a failed kernel read left unknown.
+    pub(crate) unknown: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,7 +166,17 @@ pub(crate) struct Open {
     pub(crate) read: bool,
     pub(crate) write: bool,
     pub(crate) created: bool,
+    /// The open truncated the file (false when unknown: see
+    /// `flags_unknown`).
     pub(crate) truncated: bool,
+    /// The caller's open flags could not be read: whether it truncated the
+    /// file is unknown.
+    pub(crate) flags_unknown: bool,
+    /// `size` could not be read.
+    pub(crate) size_unknown: bool,
+    /// Opened with `O_TMPFILE`: a file with no name until a link gives it
+    /// one.
+    pub(crate) tmpfile: bool,
     /// Kernel `dev_t` (major << 20 | minor).
     pub(crate) dev: u32,
     pub(crate) ino: u64,
@@ -135,10 +189,13 @@ pub(crate) struct Open {
 impl Open {
     /// Device number in the userspace (`stat`) encoding.
     pub(crate) fn user_dev(&self) -> u64 {
-        let major = (self.dev >> 20) as u64;
-        let minor = (self.dev & 0xfffff) as u64;
-        libc::makedev(major as u32, minor as u32)
+        user_dev(self.dev)
     }
+}
+
+/// A kernel `dev_t` (major << 20 | minor) in the userspace (`stat`) encoding.
+fn user_dev(dev: u32) -> u64 {
+    libc::makedev(dev >> 20, dev & 0xfffff)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,6 +219,7 @@ pub fn parse(buf: &[u8]) -> Result<Event, DecodeError> {
         RawEvent::Exec {
             data, exe, argv, ..
         } => Body::Exec(Exec {
+            unknown: data.flags & EXEC_UNKNOWN_FIELDS,
             ppid: data.ppid,
             exe: FilePath::from_raw(&exe),
             argv: split_argv(argv),
@@ -186,6 +244,9 @@ pub fn parse(buf: &[u8]) -> Result<Event, DecodeError> {
             write: data.f_mode & FMODE_WRITE != 0,
             created: data.f_mode & FMODE_CREATED != 0,
             truncated: data.open_flags & O_TRUNC != 0 && data.f_mode & FMODE_WRITE != 0,
+            flags_unknown: data.flags & OPEN_FLAGS_UNKNOWN != 0,
+            size_unknown: data.flags & OPEN_SIZE_UNKNOWN != 0,
+            tmpfile: data.open_flags & O_TMPFILE == O_TMPFILE,
             dev: data.dev,
             ino: data.ino,
             generation: data.generation,
@@ -201,6 +262,12 @@ pub fn parse(buf: &[u8]) -> Result<Event, DecodeError> {
             path: FilePath::from_raw(&path),
             dir: data.flags & AT_REMOVEDIR != 0,
         },
+        RawEvent::Link { data, old, new, .. } => Body::Link(Link {
+            old: FilePath::from_raw(&old),
+            new: FilePath::from_raw(&new),
+            source: (data.src_flags & LINK_SRC_KNOWN != 0)
+                .then(|| (user_dev(data.src_dev), data.src_ino)),
+        }),
         RawEvent::Cgroup { data, path, header } => Body::Cgroup(CgroupChange {
             created: header.kind == EventKind::CgroupMkdir as u16,
             id: data.id,
@@ -239,6 +306,7 @@ impl Body {
             Body::Open(_) => EventKind::Open,
             Body::Rename { .. } => EventKind::Rename,
             Body::Unlink { .. } => EventKind::Unlink,
+            Body::Link(_) => EventKind::Link,
             Body::Cgroup(c) if c.created => EventKind::CgroupMkdir,
             Body::Cgroup(_) => EventKind::CgroupRmdir,
         }
@@ -296,6 +364,86 @@ mod tests {
         assert!(o.write && o.created && o.truncated && !o.read);
         assert_eq!(o.user_dev(), libc::makedev(8, 3));
         assert_eq!(o.path.bytes, b"/w/out.bin");
+    }
+
+    /// A walk cut short (or an argument that could not be read) never
+    /// comes out as an absolute path: the known part follows a mark.
+    #[test]
+    fn inexact_paths_are_never_absolute() {
+        use roar_node_common::path::{PATH_RAW_READ_ERROR, PATH_TRUNCATED};
+        let (ph, tail) = encode::path(&encode::walked(b"/c/in.txt"), b"", PATH_TRUNCATED);
+        let data = OpenData {
+            path: ph,
+            ..Default::default()
+        };
+        let rec = encode::record(EventKind::Open, EventHeader::default(), &data, &tail);
+        let Body::Open(o) = parse(&rec).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(o.path.bytes, "…/c/in.txt".as_bytes());
+        assert!(!o.path.is_exact());
+        // The kernel sends nothing but the flag for an unreadable name.
+        let (ph, tail) = encode::path(b"", b"", PATH_RAW_READ_ERROR);
+        let data = UnlinkData {
+            path: ph,
+            ..Default::default()
+        };
+        let rec = encode::record(EventKind::Unlink, EventHeader::default(), &data, &tail);
+        let Body::Unlink { path, .. } = parse(&rec).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(
+            (path.bytes.as_slice(), path.inexact),
+            ("…".as_bytes(), PATH_RAW_READ_ERROR)
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_nameless_files_are_flagged() {
+        use roar_node_common::event::{
+            EXEC_PPID_UNKNOWN, ExecData, LINK_SRC_KNOWN, LinkData, OPEN_FLAGS_UNKNOWN,
+        };
+        let (ph, tail) = encode::path(&encode::walked(b"/w/#9"), b"", 0);
+        let data = OpenData {
+            f_mode: FMODE_WRITE,
+            open_flags: O_TMPFILE | 0o1,
+            flags: OPEN_FLAGS_UNKNOWN,
+            path: ph,
+            ..Default::default()
+        };
+        let rec = encode::record(EventKind::Open, EventHeader::default(), &data, &tail);
+        let Body::Open(o) = parse(&rec).unwrap().body else {
+            panic!()
+        };
+        assert!(o.tmpfile && o.flags_unknown && !o.size_unknown);
+        let (ph, tail) = encode::path(&encode::walked(b"/bin/sh"), b"", 0);
+        let exec = ExecData {
+            flags: EXEC_PPID_UNKNOWN,
+            exe: ph,
+            ..Default::default()
+        };
+        let rec = encode::record(EventKind::Exec, EventHeader::default(), &exec, &tail);
+        let Body::Exec(e) = parse(&rec).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(e.unknown, EXEC_PPID_UNKNOWN);
+        let (o, mut tail) = encode::path(&encode::walked(b"/w/#9"), b"", 0);
+        let (n, t2) = encode::path(b"", b"/w/final", 0);
+        tail.extend_from_slice(&t2);
+        let link = LinkData {
+            src_ino: 9,
+            src_dev: (8 << 20) | 3,
+            src_flags: LINK_SRC_KNOWN,
+            old: o,
+            new: n,
+            ..Default::default()
+        };
+        let rec = encode::record(EventKind::Link, EventHeader::default(), &link, &tail);
+        let Body::Link(l) = parse(&rec).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(l.source, Some((libc::makedev(8, 3), 9)));
+        assert_eq!(l.new.bytes, b"/w/final");
     }
 
     #[test]

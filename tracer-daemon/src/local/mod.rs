@@ -21,7 +21,7 @@ use crate::{
     events::reader::EventReader,
     probes::ProbeOptions,
     records::{
-        Clock, LocalTask, Record, RecordBuilder, TaskIdentity, TracerUsage,
+        Clock, LocalTask, Record, RecordBuilder, TaskIdentity, TracerUsage, hashing::HashBudget,
         path_filters::PathFilterConfig,
     },
     sinks::{Delivered, Delivery, SinkError, make_sink, store::Problem},
@@ -42,6 +42,8 @@ pub(crate) struct Config {
     pub(crate) ring_buffer_bytes: u32,
     /// Report every open, not only the first read and first write.
     pub(crate) no_suppress: bool,
+    /// What hashing one file may cost.
+    pub(crate) hash_budget: HashBudget,
     pub(crate) filters: PathFilterConfig,
     /// Say nothing but errors.
     pub(crate) quiet: bool,
@@ -78,6 +80,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<Outcome> {
         opts,
         PathBuf::from("/proc"),
         2,
+        config.hash_budget,
         TaskLimits::default(),
         TaskHome::OurNamespace,
     )?;

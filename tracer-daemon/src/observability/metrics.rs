@@ -164,6 +164,13 @@ pub(crate) struct Metrics {
 
     pub(crate) hash_bytes: Counter,
     pub(crate) hash_files: Counter,
+    /// Files recorded unhashed: over their time or byte budget, or on a
+    /// file system that stopped answering.
+    pub(crate) hash_over_budget: Counter,
+    /// Hashing threads abandoned to a read that did not return (each
+    /// replaced), and those still blocked.
+    pub(crate) hash_workers_abandoned: Counter,
+    pub(crate) hash_workers_stuck: Gauge,
 
     /// Tasks (container runs) followed right now.
     pub(crate) active_tasks: Gauge,
@@ -206,6 +213,9 @@ impl Metrics {
             local_records_bytes: Gauge::default(),
             hash_bytes: Counter::default(),
             hash_files: Counter::default(),
+            hash_over_budget: Counter::default(),
+            hash_workers_abandoned: Counter::default(),
+            hash_workers_stuck: Gauge::default(),
             active_tasks: Gauge::default(),
             tasks_started: Counter::default(),
             tasks_discarded: Counter::default(),
@@ -338,6 +348,21 @@ impl Metrics {
         );
         self.registry
             .register("hash_files", "Files hashed", self.hash_files.clone());
+        self.registry.register(
+            "hash_over_budget",
+            "Files recorded unhashed: over their time or byte budget, or on a file system that stopped answering",
+            self.hash_over_budget.clone(),
+        );
+        self.registry.register(
+            "hash_workers_abandoned",
+            "Hashing threads abandoned to a read that did not return (each replaced)",
+            self.hash_workers_abandoned.clone(),
+        );
+        self.registry.register(
+            "hash_workers_stuck",
+            "Abandoned hashing threads still blocked in the kernel",
+            self.hash_workers_stuck.clone(),
+        );
     }
 
     fn register_daemon_families(&mut self) {
@@ -462,6 +487,9 @@ mod tests {
             ("spool_bytes", "gauge"),
             ("hash_bytes", "counter"),
             ("hash_files", "counter"),
+            ("hash_over_budget", "counter"),
+            ("hash_workers_abandoned", "counter"),
+            ("hash_workers_stuck", "gauge"),
             ("active_tasks", "gauge"),
             ("tasks_started", "counter"),
             ("tasks_discarded", "counter"),

@@ -137,6 +137,8 @@ impl KernelBtf {
             inode_i_sb: o("inode", "i_sb")?,
             inode_i_generation: o("inode", "i_generation")?,
             inode_i_size: o("inode", "i_size")?,
+            // `i_nlink` sits in an anonymous union with `__i_nlink`.
+            inode_i_nlink: o("inode", "i_nlink")?,
             sb_s_dev: o("super_block", "s_dev")?,
             sb_s_magic: o("super_block", "s_magic")?,
             dentry_d_parent: o("dentry", "d_parent")?,

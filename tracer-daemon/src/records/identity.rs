@@ -79,6 +79,7 @@ pub(crate) enum PartialReason {
     RestartGap,
     StartedBeforeAgent,
     EventsLost,
+    Inexact,
 }
 
 impl PartialReason {
@@ -108,6 +109,9 @@ impl PartialReason {
                 "the container was running before roar-node traced it: earlier processes and files are missing"
             }
             PartialReason::EventsLost => "events were lost; see capture",
+            PartialReason::Inexact => {
+                "some paths or kernel fields could not be read exactly; see inexact_paths, maybe_inputs and capture.unreadable_fields"
+            }
         }
     }
 }
@@ -144,6 +148,9 @@ pub(crate) struct UnnamedRecord {
     pub(crate) last_ns: Option<u64>,
     /// Events or files were lost (capture says which).
     pub(crate) lost: bool,
+    /// A path or a kernel field could not be read exactly (the record
+    /// names which).
+    pub(crate) inexact: bool,
     pub(crate) summary: Summary,
     pub(crate) clock: Clock,
 }
@@ -193,7 +200,8 @@ impl UnnamedRecord {
             .unwrap_or(0);
         let partial = naming
             .partial
-            .or(self.lost.then_some(PartialReason::EventsLost));
+            .or(self.lost.then_some(PartialReason::EventsLost))
+            .or(self.inexact.then_some(PartialReason::Inexact));
         let md = &mut self.metadata;
         md.insert("argv".into(), json!(argv));
         for (k, v) in naming.metadata {
@@ -475,6 +483,7 @@ mod tests {
             mnt_ns: 1,
             uid: 0,
             own_cgroup: 0,
+            unknown: 0,
         }
     }
 

@@ -4,23 +4,30 @@
 //! (`identity`). The only place that knows roar's format.
 
 pub(crate) mod encoding;
+mod files;
 pub(crate) mod fragment;
 pub(crate) mod hashing;
 mod identity;
 pub(crate) mod mountns;
 pub(crate) mod path_filters;
 
-use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
-use roar_node_common::{event::EventKind, path};
+use roar_node_common::{
+    event::{
+        EXEC_ARGV_READ_ERROR, EXEC_MNT_NS_UNKNOWN, EXEC_PPID_UNKNOWN, EXEC_UID_UNKNOWN, EventKind,
+    },
+    path::PATH_INCOMPLETE,
+};
 use serde_json::{Map, Value, json};
 
 pub(crate) use self::identity::{LocalTask, PodTask, TaskIdentity, TracerUsage, UnnamedRecord};
 use self::{
     encoding::Encoder,
-    fragment::{ArtifactRef, CAPTURE_METHOD, Fragment, HASH_ALGORITHM},
-    hashing::{HashJob, HashOutcome, HashPool, HashSlot},
-    mountns::{Namespaces, NsView},
+    files::Files,
+    fragment::{CAPTURE_METHOD, Fragment},
+    hashing::{HashPool, HashSlot},
+    mountns::Namespaces,
     path_filters::{PathFilter, PathFilterConfig},
 };
 use crate::tasks::{Task, process};
@@ -155,43 +162,6 @@ pub(crate) struct RecordBuilder<'a> {
     pub(crate) clock: Clock,
 }
 
-fn path_flag_names(flags: u16) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    for (bit, name) in [
-        (path::PATH_TRUNCATED, "truncated"),
-        (path::PATH_OUTSIDE_ROOT, "outside_root"),
-        (path::PATH_READ_ERROR, "read_error"),
-        (path::PATH_RAW_TRUNCATED, "argument_truncated"),
-        (path::PATH_RAW_READ_ERROR, "argument_unreadable"),
-        (path::PATH_DISCONNECTED, "disconnected"),
-    ] {
-        if flags & bit != 0 {
-            v.push(name);
-        }
-    }
-    v
-}
-
-/// A file the record keeps, with the hash that will describe it.
-struct Kept<'t> {
-    path: &'t [u8],
-    state: &'t crate::tasks::FileState,
-    slot: Arc<HashSlot>,
-}
-
-/// The task's files as roar's filters and the hashes decide.
-#[derive(Default)]
-struct Files {
-    reads: Vec<ArtifactRef>,
-    writes: Vec<ArtifactRef>,
-    deleted: Vec<Value>,
-    unhashed: Vec<Value>,
-    inexact: Vec<Value>,
-    /// Paths roar's filters left out, by category.
-    filtered: BTreeMap<&'static str, u64>,
-    outputs_not_regular: u64,
-}
-
 impl RecordBuilder<'_> {
     /// The record of what the task did: files (hashed), processes and
     /// capture counters. Who the task was comes next
@@ -211,11 +181,22 @@ impl RecordBuilder<'_> {
             }
         }
         let mut files = Files::default();
-        let (inputs, outputs) =
-            self.queue_hashes(&task, &input_hashes, &namespaces, &filter, &mut files);
-        files.collect_reads(inputs, &mut enc);
-        files.collect_writes(outputs, &mut enc);
-        files.collect_removed(&task, &filter, &mut enc);
+        files.collect(
+            &task,
+            &input_hashes,
+            &namespaces,
+            &filter,
+            self.pool,
+            &mut enc,
+        );
+        // An executable path the kernel could not read to the end is
+        // inexact; one that has no name (run from a memfd, or deleted) is
+        // not a lost path: its process entry says so.
+        for p in task.processes.iter() {
+            if let Some(exe) = p.exe.as_ref().filter(|e| e.inexact & PATH_INCOMPLETE != 0) {
+                files.note_inexact(enc.encode(&exe.bytes), vec!["executable"], exe.inexact);
+            }
+        }
 
         let events = task.stats.total_events();
         let lost = capture.lost_in_kernel + capture.decode_errors;
@@ -235,10 +216,18 @@ impl RecordBuilder<'_> {
             "capture".into(),
             capture_json(&task, &capture, &namespaces, &files),
         );
+        // Every path exact and every field read, or the record says what
+        // is not and is partial.
+        let inexact = !files.inexact.is_empty()
+            || !files.maybe_inputs.is_empty()
+            || task.stats.unreadable.total() > 0;
         md.insert("deleted".into(), Value::Array(files.deleted));
         md.insert("unhashed".into(), Value::Array(files.unhashed));
         if !files.inexact.is_empty() {
             md.insert("inexact_paths".into(), Value::Array(files.inexact));
+        }
+        if !files.maybe_inputs.is_empty() {
+            md.insert("maybe_inputs".into(), Value::Array(files.maybe_inputs));
         }
         md.insert("path_encoding".into(), json!(PATH_ENCODING));
         UnnamedRecord {
@@ -247,73 +236,13 @@ impl RecordBuilder<'_> {
             metadata: md,
             encoder: enc,
             lost: lost > 0 || task.files.overflow > 0 || task.processes.overflow > 0,
+            inexact,
             first_ns: task.first_ns,
             last_ns: task.last_ns,
             processes: task.processes,
             summary,
             clock: self.clock,
         }
-    }
-
-    /// Decides which files go in, and queues every hash still needed:
-    /// inputs not hashed at first read, and every output.
-    fn queue_hashes<'t>(
-        &self,
-        task: &'t Task,
-        input_hashes: &HashMap<Vec<u8>, Arc<HashSlot>>,
-        namespaces: &Namespaces,
-        filter: &PathFilter,
-        files: &mut Files,
-    ) -> (Vec<Kept<'t>>, Vec<Kept<'t>>) {
-        let mut inputs = Vec::new();
-        let mut outputs = Vec::new();
-        for (path, st) in task.files.iter() {
-            let view = namespaces.resolve(st.mnt_ns as u64);
-            let gone = matches!(view, NsView::Gone);
-            if let Some(input) = &st.input {
-                match filter.read(path, st.output.is_some()) {
-                    Some(why) => *files.filtered.entry(why.name()).or_default() += 1,
-                    None => {
-                        let slot = match input_hashes.get(path) {
-                            Some(s) => s.clone(),
-                            None if gone => HashSlot::ready(ns_gone()),
-                            None => self.submit(&view, path, Some((input.dev, input.ino))),
-                        };
-                        inputs.push(Kept {
-                            path,
-                            state: st,
-                            slot,
-                        });
-                    }
-                }
-            }
-            if st.output.is_some() {
-                match filter.write(path) {
-                    Some(why) => *files.filtered.entry(why.name()).or_default() += 1,
-                    None => outputs.push(Kept {
-                        path,
-                        state: st,
-                        slot: if gone {
-                            HashSlot::ready(ns_gone())
-                        } else {
-                            self.submit(&view, path, None)
-                        },
-                    }),
-                }
-            }
-        }
-        (inputs, outputs)
-    }
-
-    fn submit(&self, view: &NsView, path: &[u8], expect: Option<(u64, u64)>) -> Arc<HashSlot> {
-        let slot = HashSlot::new();
-        self.pool.submit(HashJob {
-            ns: view.held(),
-            path: path.to_vec(),
-            expect,
-            slot: slot.clone(),
-        });
-        slot
     }
 
     /// The process tree, oldest first.
@@ -323,7 +252,7 @@ impl RecordBuilder<'_> {
         procs
             .iter()
             .map(|p| {
-                json!({
+                let mut v = json!({
                     "pid": p.tgid,
                     "ppid": p.ppid,
                     "argv": p.argv.iter().map(|a| enc.encode(a)).collect::<Vec<_>>(),
@@ -336,68 +265,33 @@ impl RecordBuilder<'_> {
                     "signal": p.exit_status.and_then(process::exit_signal),
                     "threads": p.threads,
                     "uid": p.uid,
-                })
+                });
+                // Fields the kernel could not read: null above, named here.
+                let unreadable = unreadable_exec_fields(p.unknown);
+                if !unreadable.is_empty() {
+                    v["unreadable_fields"] = json!(unreadable);
+                }
+                if let Some(exe) = p.exe.as_ref().filter(|e| !e.is_exact()) {
+                    v["executable_problems"] = json!(files::path_flag_names(exe.inexact));
+                }
+                v
             })
             .collect()
     }
 }
 
-impl Files {
-    fn note_inexact(&mut self, encoded: &str, flags: u16) {
-        if flags != 0 {
-            self.inexact
-                .push(json!({"path": encoded, "problems": path_flag_names(flags)}));
-        }
-    }
-
-    fn collect_reads(&mut self, inputs: Vec<Kept<'_>>, enc: &mut Encoder) {
-        for k in inputs {
-            let encoded = enc.encode(k.path);
-            let size_at_open = k.state.input.as_ref().map(|i| i.size).unwrap_or(0);
-            let (hash, size) = match k.slot.wait() {
-                HashOutcome::Hashed(d) => (Some(d.blake3), d.size),
-                other => {
-                    self.unhashed
-                        .push(json!({"path": encoded, "role": "input", "reason": other.reason()}));
-                    (None, size_at_open)
-                }
-            };
-            self.note_inexact(&encoded, k.state.inexact);
-            self.reads.push(artifact(encoded, hash, size));
-        }
-    }
-
-    fn collect_writes(&mut self, outputs: Vec<Kept<'_>>, enc: &mut Encoder) {
-        for k in outputs {
-            let encoded = enc.encode(k.path);
-            match k.slot.wait() {
-                HashOutcome::Hashed(d) => {
-                    self.note_inexact(&encoded, k.state.inexact);
-                    self.writes.push(artifact(encoded, Some(d.blake3), d.size));
-                }
-                HashOutcome::Missing => self.deleted.push(Value::String(encoded)),
-                HashOutcome::NotRegular => self.outputs_not_regular += 1,
-                other => {
-                    self.unhashed
-                        .push(json!({"path": encoded, "role": "output", "reason": other.reason()}));
-                    self.writes.push(artifact(encoded, None, 0));
-                }
-            }
-        }
-    }
-
-    /// Pre-existing files the task removed without reading or writing.
-    fn collect_removed(&mut self, task: &Task, filter: &PathFilter, enc: &mut Encoder) {
-        for (path, st) in task.files.iter() {
-            if st.removed
-                && st.input.is_none()
-                && st.output.is_none()
-                && filter.write(path).is_none()
-            {
-                self.deleted.push(Value::String(enc.encode(path)));
-            }
-        }
-    }
+/// Names of an exec's `EXEC_*` unknown-field bits.
+fn unreadable_exec_fields(unknown: u32) -> Vec<&'static str> {
+    [
+        (EXEC_PPID_UNKNOWN, "ppid"),
+        (EXEC_MNT_NS_UNKNOWN, "mount_namespace"),
+        (EXEC_UID_UNKNOWN, "uid"),
+        (EXEC_ARGV_READ_ERROR, "argv"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| unknown & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
 }
 
 /// `backend_metadata.capture`; `partial` is decided when the record is
@@ -421,28 +315,25 @@ fn capture_json(task: &Task, capture: &CaptureFacts, ns: &Namespaces, files: &Fi
         "mount_namespaces_missed": ns.missed,
         "outputs_not_regular_files": files.outputs_not_regular,
         "filtered": files.filtered,
+        "inexact_paths": files.inexact.len(),
+        "inexact_events": task.stats.inexact_events,
+        "unreadable_fields": unreadable_json(&task.stats.unreadable),
+        "unnamed_files": files.unnamed,
+        "unhashed_over_budget": files.over_budget,
         "partial": false,
         "partial_reason": null,
     })
 }
 
-fn artifact(path: String, hash: Option<String>, size: u64) -> ArtifactRef {
-    ArtifactRef {
-        path,
-        hash,
-        hash_algorithm: HASH_ALGORITHM.into(),
-        size,
-        capture_method: CAPTURE_METHOD.into(),
-        byte_ranges: None,
-    }
-}
-
-/// Why a file seen in a namespace that ended too early has no hash.
-fn ns_gone() -> HashOutcome {
-    HashOutcome::Unreadable(
-        "its mount namespace ended before roar-node could hold it (a process that lived only milliseconds)"
-            .into(),
-    )
+fn unreadable_json(u: &crate::tasks::UnreadableFields) -> Value {
+    json!({
+        "ppid": u.ppid,
+        "mount_namespace": u.mount_namespace,
+        "uid": u.uid,
+        "argv": u.argv,
+        "open_flags": u.open_flags,
+        "size": u.size,
+    })
 }
 
 #[cfg(test)]
@@ -467,5 +358,75 @@ mod tests {
             .map(|v| v.as_u64().unwrap())
             .sum();
         assert_eq!(sum, facts.lost_in_kernel + facts.decode_errors);
+    }
+
+    /// A task's record from events (no kernel, real hashing of nothing).
+    fn record_of(events: Vec<crate::events::Body>) -> UnnamedRecord {
+        use crate::{events::Event, tasks::TaskLimits};
+        let mut task = Task::new(TaskLimits::default());
+        for (i, body) in events.into_iter().enumerate() {
+            task.apply(&Event {
+                task: 1,
+                tgid: 10,
+                pid: 10,
+                time_ns: i as u64 + 1,
+                body,
+            });
+        }
+        let pool = HashPool::new(1, 8, 8, hashing::HashBudget::default()).unwrap();
+        let own = mountns::MountNs::current().unwrap().inum;
+        RecordBuilder {
+            pool: &pool,
+            filters: &PathFilterConfig::default(),
+            clock: Clock::new(),
+        }
+        .build(FinishedTask {
+            task,
+            input_hashes: HashMap::new(),
+            namespaces: Namespaces::new(own),
+            capture: CaptureFacts::default(),
+        })
+    }
+
+    fn exec_of(exe: &str, flags: u16) -> crate::events::Body {
+        crate::events::Body::Exec(crate::events::Exec {
+            ppid: 1,
+            exe: crate::events::FilePath {
+                bytes: exe.as_bytes().to_vec(),
+                inexact: flags,
+            },
+            argv: vec![b"x".to_vec()],
+            argv_truncated: false,
+            argv_unreadable: false,
+            argv_total_len: 2,
+            mnt_ns: 0,
+            uid: 0,
+            own_cgroup: 0,
+            unknown: 0,
+        })
+    }
+
+    /// An executable path cut short is a lost path (partial); a binary
+    /// with no name (a memfd, as runc runs itself) is described, not lost.
+    #[test]
+    fn only_executables_with_lost_paths_make_a_record_partial() {
+        use roar_node_common::path::{PATH_DISCONNECTED, PATH_TRUNCATED};
+        let memfd = record_of(vec![exec_of("…memfd:runc_cloned", PATH_DISCONNECTED)]);
+        assert!(!memfd.inexact, "{:?}", memfd.metadata);
+        assert!(memfd.metadata.get("inexact_paths").is_none());
+        let p = &memfd.metadata["processes"][0];
+        assert_eq!(p["executable_problems"], json!(["disconnected"]));
+        let deep = record_of(vec![exec_of("…/d/tool", PATH_TRUNCATED)]);
+        assert!(deep.inexact);
+        let entry = &deep.metadata["inexact_paths"][0];
+        assert_eq!(entry["roles"], json!(["executable"]));
+        assert_eq!(entry["problems"], json!(["truncated"]));
+        let plain = record_of(vec![exec_of("/bin/sh", 0)]);
+        assert!(!plain.inexact);
+        assert!(
+            plain.metadata["processes"][0]
+                .get("executable_problems")
+                .is_none()
+        );
     }
 }

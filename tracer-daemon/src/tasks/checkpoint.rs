@@ -5,7 +5,7 @@
 use roar_node_common::event::EventKind;
 
 use super::{
-    Task, TaskLimits, TaskStats,
+    Task, TaskLimits, TaskStats, UnreadableFields,
     files::{FileState, FileTable, Input, Output},
     process::{Process, ProcessTree},
 };
@@ -27,6 +27,34 @@ impl From<&Task> for pb::TaskState {
             input_hash_deferred: task.stats.input_hash_deferred,
             first_ns: task.first_ns,
             last_ns: task.last_ns,
+            inexact_events: task.stats.inexact_events,
+            unreadable: Some((&task.stats.unreadable).into()),
+        }
+    }
+}
+
+impl From<&UnreadableFields> for pb::UnreadableFields {
+    fn from(u: &UnreadableFields) -> Self {
+        Self {
+            ppid: u.ppid,
+            mount_namespace: u.mount_namespace,
+            uid: u.uid,
+            argv: u.argv,
+            open_flags: u.open_flags,
+            size: u.size,
+        }
+    }
+}
+
+impl From<&pb::UnreadableFields> for UnreadableFields {
+    fn from(u: &pb::UnreadableFields) -> Self {
+        Self {
+            ppid: u.ppid,
+            mount_namespace: u.mount_namespace,
+            uid: u.uid,
+            argv: u.argv,
+            open_flags: u.open_flags,
+            size: u.size,
         }
     }
 }
@@ -54,6 +82,8 @@ impl Task {
             stats: TaskStats {
                 events,
                 input_hash_deferred: s.input_hash_deferred,
+                inexact_events: s.inexact_events,
+                unreadable: s.unreadable.as_ref().map(Into::into).unwrap_or_default(),
             },
             first_ns: s.first_ns,
             last_ns: s.last_ns,
@@ -96,6 +126,7 @@ impl From<&Process> for pb::Process {
             exit_status: p.exit_status,
             mnt_ns: p.mnt_ns,
             uid: p.uid,
+            unknown_fields: p.unknown,
         }
     }
 }
@@ -117,6 +148,7 @@ impl From<&pb::Process> for Process {
             exit_status: p.exit_status,
             mnt_ns: p.mnt_ns,
             uid: p.uid,
+            unknown: p.unknown_fields,
         }
     }
 }
@@ -136,10 +168,12 @@ impl From<(&[u8], &FileState)> for pb::FileState {
                 created: o.created,
                 truncated: o.truncated,
                 renamed_from: o.renamed_from.clone(),
+                dev: o.dev,
             }),
             removed: f.removed,
             inexact: f.inexact.into(),
             mnt_ns: f.mnt_ns,
+            input_unknown: f.input_unknown,
         }
     }
 }
@@ -160,10 +194,12 @@ impl From<&pb::FileState> for (Vec<u8>, FileState) {
                     created: o.created,
                     truncated: o.truncated,
                     renamed_from: o.renamed_from.clone(),
+                    dev: o.dev,
                 }),
                 removed: f.removed,
                 inexact: f.inexact as u16,
                 mnt_ns: f.mnt_ns,
+                input_unknown: f.input_unknown,
             },
         )
     }
@@ -208,6 +244,7 @@ mod tests {
                 mnt_ns: 4026531841,
                 uid: 0,
                 own_cgroup: 0,
+                unknown: 0,
             }),
         ));
         for (i, (path, write)) in [(b"/in".as_slice(), false), (b"/out\xfe", true)]
@@ -226,6 +263,9 @@ mod tests {
                     write,
                     created: write,
                     truncated: false,
+                    flags_unknown: !write,
+                    size_unknown: false,
+                    tmpfile: false,
                     dev: 8,
                     ino: 100 + i as u64,
                     generation: 0,

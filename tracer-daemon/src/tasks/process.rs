@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use roar_node_common::event::{EXEC_MNT_NS_UNKNOWN, EXEC_PPID_UNKNOWN, EXEC_UID_UNKNOWN};
+
 use crate::events::{Exec, FilePath};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,6 +29,9 @@ pub(crate) struct Process {
     pub(crate) exit_status: Option<u32>,
     pub(crate) mnt_ns: u32,
     pub(crate) uid: Option<u32>,
+    /// `events::EXEC_UNKNOWN_FIELDS` bits of its execs: fields the kernel
+    /// could not read (their values here are the parent's, or none).
+    pub(crate) unknown: u32,
 }
 
 impl Process {
@@ -205,7 +210,7 @@ impl ProcessTree {
         let Some(p) = self.procs.get_mut(&tgid) else {
             return;
         };
-        if p.ppid.is_none() && e.ppid != 0 {
+        if p.ppid.is_none() && e.ppid != 0 && e.unknown & EXEC_PPID_UNKNOWN == 0 {
             p.ppid = Some(e.ppid);
         }
         let over = kept.is_none();
@@ -218,8 +223,15 @@ impl ProcessTree {
             p.argv_total_len = e.argv_total_len;
             p.exe = Some(e.exe.clone());
             p.execs += 1;
-            p.mnt_ns = e.mnt_ns;
-            p.uid = Some(e.uid);
+            p.unknown |= e.unknown;
+            // What could not be read stays what was known (a fork copied
+            // the parent's), never 0 or a made-up uid.
+            if e.unknown & EXEC_MNT_NS_UNKNOWN == 0 {
+                p.mnt_ns = e.mnt_ns;
+            }
+            if e.unknown & EXEC_UID_UNKNOWN == 0 {
+                p.uid = Some(e.uid);
+            }
         }
     }
 
@@ -255,6 +267,7 @@ mod tests {
             mnt_ns: 9,
             uid: 0,
             own_cgroup: 0,
+            unknown: 0,
         }
     }
 
@@ -305,6 +318,32 @@ mod tests {
         assert_eq!(exit_code(3 << 8), 3);
         assert_eq!(exit_code(9), 137);
         assert_eq!(exit_signal(9), Some(9));
+    }
+
+    /// Fields the kernel could not read are not taken as values: no
+    /// parent 0, no uid, the mount namespace stays the one inherited.
+    #[test]
+    fn unreadable_exec_fields_are_unknown_not_zero() {
+        let mut t = ProcessTree::new(10);
+        t.exec(100, &exec(&["sh"]), 1);
+        t.fork(100, 101, false, 2);
+        let blind = Exec {
+            ppid: 0,
+            mnt_ns: 0,
+            uid: u32::MAX,
+            unknown: EXEC_PPID_UNKNOWN | EXEC_MNT_NS_UNKNOWN | EXEC_UID_UNKNOWN,
+            ..exec(&["cat"])
+        };
+        t.exec(101, &blind, 3);
+        t.exec(102, &blind, 3);
+        let child = t.get(101).unwrap();
+        assert_eq!(
+            (child.ppid, child.mnt_ns, child.uid),
+            (Some(100), 9, Some(0))
+        );
+        let orphan = t.get(102).unwrap();
+        assert_eq!((orphan.ppid, orphan.mnt_ns, orphan.uid), (None, 0, None));
+        assert_eq!(orphan.unknown, blind.unknown);
     }
 
     #[test]
