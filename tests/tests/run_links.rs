@@ -175,3 +175,43 @@ fn rename_exchange_of_files_and_directories_swaps_outputs() {
     assert_exact(&t);
     assert!(fs::metadata(w.path("left/y")).is_ok());
 }
+
+/// A file that never had a name (a memfd reopened through /proc, as runc
+/// reads its own cloned binary in every container it starts) has no path
+/// to lose: the read is described under `nameless_reads` and the record
+/// stays exact. A file read through /proc after its name was deleted had
+/// a path the record cannot give: inexact, and the record partial.
+#[test]
+fn a_memfd_read_is_described_a_deleted_files_read_is_inexact() {
+    let w = Work::new("nameless");
+    let memfd = "import os\n\
+        fd = os.memfd_create('blob')\n\
+        os.write(fd, b'x')\n\
+        open(f'/proc/self/fd/{fd}', 'rb').read()\n";
+    let t = w.trace(&["python3", "-c", memfd]).ok();
+    assert_exact(&t);
+    let nameless = t.md()["nameless_reads"].as_array().expect("nameless_reads");
+    assert_eq!(nameless.len(), 1, "{}", t.md());
+    assert_eq!(
+        nameless[0]["problems"],
+        serde_json::json!(["disconnected", "no_name"])
+    );
+    assert_eq!(t.md()["capture"]["nameless_reads"], 1);
+
+    let deleted = "import os\n\
+        open('gone', 'w').write('x')\n\
+        fd = os.open('gone', os.O_RDONLY)\n\
+        os.unlink('gone')\n\
+        open(f'/proc/self/fd/{fd}', 'rb').read()\n";
+    let t = w.trace(&["python3", "-c", deleted]).ok();
+    assert_eq!(t.md()["capture"]["partial"], true, "{}", t.md());
+    let inexact = t.md()["inexact_paths"].as_array().expect("inexact_paths");
+    assert!(
+        inexact
+            .iter()
+            .any(|e| e["roles"] == serde_json::json!(["input"])
+                && e["problems"] == serde_json::json!(["no_name"])),
+        "{}",
+        t.md()
+    );
+}

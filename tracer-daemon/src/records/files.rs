@@ -36,6 +36,10 @@ pub(super) struct Files {
     pub(super) outputs_not_regular: u64,
     /// `O_TMPFILE` files that never got a name: temporaries, not outputs.
     pub(super) unnamed: u64,
+    /// Files read that hang below no directory (a memfd reopened through
+    /// /proc, as runc reads its own cloned binary; a pipe): no path was
+    /// lost, there never was one.
+    pub(super) nameless_reads: Vec<Value>,
     /// Files given up past their hashing budget (or on a hung mount).
     pub(super) over_budget: u64,
 }
@@ -150,13 +154,23 @@ impl Files {
 
     /// A file that had no name when opened: an `O_TMPFILE` file the task
     /// never named is a temporary (counted); one that was named is
-    /// recorded under its name; anything else (a deleted file opened
-    /// through /proc, a memfd) is a file without an exact path.
+    /// recorded under its name; a read of a file that hangs below no
+    /// directory (a memfd, a pipe) is described, as it has no path to
+    /// lose; anything else (a deleted file opened through /proc, a write
+    /// to a memfd) is a file without an exact path.
     fn note_unnamed(&mut self, st: &FileState, shown: &[u8], enc: &mut Encoder) {
         let temporary = st.input.is_none() && st.output.as_ref().is_some_and(|o| o.created);
         let named_later = st.input.is_none() && st.output.is_none() && st.removed;
+        // Below no directory, whatever its link count (a memfd has none).
+        let never_named =
+            st.inexact & path::PATH_DISCONNECTED != 0 && st.inexact & path::PATH_INCOMPLETE == 0;
         if temporary {
             self.unnamed += 1;
+        } else if never_named && st.output.is_none() && !st.removed {
+            self.nameless_reads.push(json!({
+                "path": enc.encode(shown),
+                "problems": path_flag_names(st.inexact),
+            }));
         } else if !named_later {
             self.note_inexact(enc.encode(shown), roles(st), st.inexact);
         }

@@ -229,6 +229,9 @@ impl RecordBuilder<'_> {
         if !files.maybe_inputs.is_empty() {
             md.insert("maybe_inputs".into(), Value::Array(files.maybe_inputs));
         }
+        if !files.nameless_reads.is_empty() {
+            md.insert("nameless_reads".into(), Value::Array(files.nameless_reads));
+        }
         md.insert("path_encoding".into(), json!(PATH_ENCODING));
         UnnamedRecord {
             reads: files.reads,
@@ -319,6 +322,7 @@ fn capture_json(task: &Task, capture: &CaptureFacts, ns: &Namespaces, files: &Fi
         "inexact_events": task.stats.inexact_events,
         "unreadable_fields": unreadable_json(&task.stats.unreadable),
         "unnamed_files": files.unnamed,
+        "nameless_reads": files.nameless_reads.len(),
         "unhashed_over_budget": files.over_budget,
         "partial": false,
         "partial_reason": null,
