@@ -215,3 +215,51 @@ fn a_memfd_read_is_described_a_deleted_files_read_is_inexact() {
         t.md()
     );
 }
+
+/// Clones a mount of one file into a mount that hangs in no tree
+/// (`open_tree(OPEN_TREE_CLONE)`, as runc seals its own binary before it
+/// execs it in every container), reads the file through /proc and runs it.
+const DETACHED: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int fd = syscall(SYS_open_tree, AT_FDCWD, argv[1], 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
+    if (fd < 0) { perror("open_tree"); return 2; }
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    int rd = open(proc, O_RDONLY);
+    char b[16];
+    if (rd < 0 || read(rd, b, sizeof b) <= 0) { perror("read"); return 3; }
+    char *args[] = {argv[1], NULL};
+    char *env[] = {NULL};
+    syscall(SYS_execveat, fd, "", args, env, AT_EMPTY_PATH);
+    perror("execveat");
+    return 4;
+}
+"#;
+
+/// A file on a mount attached nowhere has no path in any namespace: the
+/// read is a nameless read and the program run from it says so in its
+/// process entry; neither is a lost path (runc does this in every
+/// container; every container's record was partial).
+#[test]
+fn a_file_on_a_detached_mount_is_nameless_not_lost() {
+    let w = Work::new("detached");
+    let exe = compile_c(&w, "detached", DETACHED, &[]);
+    let t = w.trace(&[exe.to_str().unwrap(), "/bin/true"]).ok();
+    assert_exact(&t);
+    let nameless = t.md()["nameless_reads"].as_array().expect("nameless_reads");
+    assert_eq!(nameless.len(), 1, "{}", t.md());
+    let procs = t.md()["processes"].as_array().unwrap();
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["executable_problems"] == serde_json::json!(["disconnected"])),
+        "{}",
+        t.md()
+    );
+    assert_eq!(t.md()["capture"]["inexact_events"], 0, "{}", t.md());
+}

@@ -120,8 +120,16 @@ fn step(w: &mut Walk) -> Result<u32, i64> {
         let parent = read_ptr(mount, global!(KERNEL.mount_mnt_parent))?;
         if parent == mount {
             // Top of the mount tree, and the process's root was not on the
-            // way: the file is outside the root the process sees.
-            w.flags |= PATH_OUTSIDE_ROOT as u64;
+            // way. With no name walked yet, the file is the root of a
+            // mount attached nowhere (runc execs its own binary from such
+            // a clone, `open_tree(OPEN_TREE_CLONE)`, in every container):
+            // it has no path in any namespace. Otherwise the file is
+            // outside the root the process sees.
+            w.flags |= if w.len == 0 {
+                PATH_DISCONNECTED
+            } else {
+                PATH_OUTSIDE_ROOT
+            } as u64;
             return Ok(1);
         }
         w.dentry = read_ptr(mount, global!(KERNEL.mount_mnt_mountpoint))?;
