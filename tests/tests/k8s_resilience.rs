@@ -345,7 +345,7 @@ fn kill_restart_and_api_server_outage() {
         || {
             let s = stats();
             s["spool"]["undelivered"].as_u64() >= Some(1)
-                && s["spool"]["delivery_errors"].as_u64() >= Some(1)
+                && s["sink"]["failures"].as_u64() >= Some(1)
         },
     );
     assert!(records_of(&bundles(), &quick_uid).is_empty());
