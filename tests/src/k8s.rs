@@ -836,3 +836,30 @@ pub fn wall_now() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
+
+/// A new daemon process, and it has written its stats since `after`.
+pub fn wait_new_daemon(old: u32, after: f64) {
+    wait_until(
+        "the kubelet restarts roar-node",
+        Duration::from_secs(90),
+        || {
+            daemon_pid().is_some_and(|p| p != old)
+                && std::panic::catch_unwind(stats)
+                    .ok()
+                    .and_then(|s| s["time"].as_f64())
+                    .is_some_and(|t| t > after)
+        },
+    );
+}
+
+/// GET on the daemon's metrics port (host network in the local cluster):
+/// status code and body.
+pub fn daemon_http_get(path: &str) -> (u16, String) {
+    crate::http_get("127.0.0.1:9477", path)
+}
+
+/// One sample of the daemon's /metrics, by its exact series name (with
+/// labels).
+pub fn daemon_metric(series: &str) -> Option<f64> {
+    crate::metric_value(&daemon_http_get("/metrics").1, series)
+}

@@ -19,6 +19,7 @@ use std::{
 
 pub mod chart;
 pub mod k8s;
+pub mod s3;
 
 use serde_json::Value;
 
@@ -309,6 +310,32 @@ pub fn bytes_of(p: &Path) -> Vec<u8> {
     p.as_os_str().as_bytes().to_vec()
 }
 
+/// A Python venv with `package`: `$env_var` (set by `cargo xtask test`),
+/// else `target/<dir>`, made here on first use (one test binary at a
+/// time) unless `marker` is already in it.
+pub fn venv(env_var: &str, dir: &str, marker: &str, package: &str) -> PathBuf {
+    if let Some(v) = std::env::var_os(env_var) {
+        return fs::canonicalize(&v).unwrap_or_else(|e| panic!("{env_var}={v:?}: {e}"));
+    }
+    let venv = workspace().join("target").join(dir);
+    let _lock = FileLock::take(&workspace().join(format!("target/.{dir}.lock")));
+    if !venv.join(marker).exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap()
+            .success()
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", package])
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "installing {package} from PyPI failed");
+    }
+    venv
+}
+
 /// roar-cli 0.4.7 in a venv (installed from PyPI on first use).
 pub struct Roar {
     pub venv: PathBuf,
@@ -318,30 +345,25 @@ impl Roar {
     pub fn get() -> Self {
         static VENV: OnceLock<PathBuf> = OnceLock::new();
         let venv = VENV
-            .get_or_init(|| {
-                if let Some(v) = std::env::var_os("ROAR_VENV") {
-                    return fs::canonicalize(&v).unwrap_or_else(|e| panic!("ROAR_VENV={v:?}: {e}"));
-                }
-                let venv = workspace().join("target/roar-venv");
-                let _lock = FileLock::take(&workspace().join("target/.roar-venv.lock"));
-                if !venv.join("bin/roar").exists() {
-                    let ok = Command::new("python3")
-                        .args(["-m", "venv"])
-                        .arg(&venv)
-                        .status()
-                        .unwrap()
-                        .success()
-                        && Command::new(venv.join("bin/pip"))
-                            .args(["install", "--quiet", "roar-cli==0.4.7"])
-                            .status()
-                            .unwrap()
-                            .success();
-                    assert!(ok, "installing roar-cli 0.4.7 from PyPI failed");
-                }
-                venv
-            })
+            .get_or_init(|| venv("ROAR_VENV", "roar-venv", "bin/roar", "roar-cli==0.4.7"))
             .clone();
         Self { venv }
+    }
+
+    /// How many artifacts task `from` wrote that task `to` read (roar's
+    /// DAG edges between them), in the project's roar.db; `path`: only
+    /// through that output.
+    pub fn edges(&self, dir: &Path, from: &str, to: &str, path: Option<&str>) -> usize {
+        let through = path.map_or(String::new(), |p| format!(" and o.path = '{p}'"));
+        self.query(
+            dir,
+            &format!(
+                "select o.artifact_id from jobs j1 join job_outputs o on o.job_id = j1.id \
+                 join job_inputs i on i.artifact_id = o.artifact_id join jobs j2 on i.job_id = j2.id \
+                 where j1.command = 'k8s_task:{from}' and j2.command = 'k8s_task:{to}'{through}"
+            ),
+        )
+        .len()
     }
 
     /// Runs `roar ARGS` in `dir`; panics with its output if it fails.

@@ -226,6 +226,55 @@ fn values_reach_the_daemonset() {
     );
 }
 
+/// The object-store sink: URL, settings and budgets as the daemon's
+/// variables, credentials from a Secret (envFrom, never a value in the
+/// chart), a cloud identity on the ServiceAccount; none of it by default.
+#[test]
+fn sink_values_reach_the_daemonset() {
+    let Some(objs) = render(&[
+        "image.repository=r.example.com/roar-node",
+        "sinks.url=s3://records/cluster-a",
+        "sinks.credentialsSecret=roar-node-s3",
+        "sinks.env.AWS_REGION=eu-west-1",
+        "sinks.env.AWS_ENDPOINT_URL=https://minio.example.com",
+        "sinks.spoolMaxBytes=4GiB",
+        "sinks.keepLocalBytes=100MiB",
+        "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/roar",
+    ]) else {
+        return;
+    };
+    let ds = kind(&objs, "DaemonSet");
+    assert_eq!(
+        env(ds, "ROAR_NODE_SINK"),
+        Some(&json!("s3://records/cluster-a"))
+    );
+    assert_eq!(env(ds, "AWS_REGION"), Some(&json!("eu-west-1")));
+    assert_eq!(
+        env(ds, "AWS_ENDPOINT_URL"),
+        Some(&json!("https://minio.example.com"))
+    );
+    assert_eq!(env(ds, "ROAR_NODE_SPOOL_MAX_BYTES"), Some(&json!("4GiB")));
+    assert_eq!(
+        env(ds, "ROAR_NODE_KEEP_LOCAL_BYTES"),
+        Some(&json!("100MiB"))
+    );
+    assert_eq!(
+        container(ds)["envFrom"],
+        json!([{"secretRef": {"name": "roar-node-s3"}}])
+    );
+    let sa = kind(&objs, "ServiceAccount");
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::1:role/roar"
+    );
+    let Some(plain) = render(&["image.repository=r.example.com/roar-node"]) else {
+        return;
+    };
+    let ds = kind(&plain, "DaemonSet");
+    assert_eq!(env(ds, "ROAR_NODE_SINK"), None);
+    assert!(container(ds).get("envFrom").is_none());
+}
+
 /// Off by default: no monitor objects (their CRDs may not exist), no LSM
 /// exceptions.
 #[test]
@@ -269,6 +318,10 @@ fn bad_values_fail_in_one_line() {
         (
             vec!["image.repository=r.example.com/x", "metrics.port=http"],
             "/metrics/port",
+        ),
+        (
+            vec!["image.repository=r.example.com/x", "sinks.url=ftp://b/p"],
+            "/sinks/url",
         ),
     ] {
         let Some(mut h) = helm() else {

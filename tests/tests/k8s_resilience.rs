@@ -18,32 +18,6 @@ use std::{
 use roar_node_tests::{k8s::*, *};
 use serde_json::{Value, json};
 
-/// A new daemon process, and it has written its stats since `after`.
-fn wait_new_daemon(old: u32, after: f64) {
-    wait_until(
-        "the kubelet restarts roar-node",
-        Duration::from_secs(90),
-        || {
-            daemon_pid().is_some_and(|p| p != old)
-                && std::panic::catch_unwind(stats)
-                    .ok()
-                    .and_then(|s| s["time"].as_f64())
-                    .is_some_and(|t| t > after)
-        },
-    );
-}
-
-/// GET on the daemon's metrics port (host network in the local cluster):
-/// status code and body.
-fn http_get(path: &str) -> (u16, String) {
-    roar_node_tests::http_get("127.0.0.1:9477", path)
-}
-
-/// One sample of /metrics, by its exact series name (with labels).
-fn metric(series: &str) -> Option<f64> {
-    metric_value(&http_get("/metrics").1, series)
-}
-
 fn wait_running(kc: &Path, ns: &str, name: &str) -> Value {
     let mut pod = Value::Null;
     wait_until(
@@ -252,7 +226,7 @@ fn policy_configmap_reload_on_a_real_cluster() {
     let s = stats();
     assert_eq!(s["policy"]["in_force"], kept.as_str(), "{s}");
     assert_eq!(s["policy"]["generation"].as_u64(), Some(generation));
-    assert!(metric("roar_node_policy_reload_errors_total").is_some_and(|v| v >= 1.0));
+    assert!(daemon_metric("roar_node_policy_reload_errors_total").is_some_and(|v| v >= 1.0));
     let logs = daemon_logs(&kc);
     assert!(
         logs.contains("unknown policy preset \"osmoo\"")
@@ -317,11 +291,11 @@ fn kill_restart_and_api_server_outage() {
     create_namespace(&kc, &ns);
     let bundle_dir = node_state().join("bundles");
     wait_until("/readyz says ready", Duration::from_secs(60), || {
-        http_get("/readyz").0 == 200
+        daemon_http_get("/readyz").0 == 200
     });
-    assert_eq!(http_get("/healthz").0, 200);
-    assert!(metric("roar_node_events_total{kind=\"open\"}").is_some_and(|v| v > 0.0));
-    assert!(metric("roar_node_records_emitted_total").is_some());
+    assert_eq!(daemon_http_get("/healthz").0, 200);
+    assert!(daemon_metric("roar_node_events_total{kind=\"open\"}").is_some_and(|v| v > 0.0));
+    assert!(daemon_metric("roar_node_records_emitted_total").is_some());
 
     // 1. kill -9 with a task running, another about to end, and a
     // finished record the bundle directory refuses (read-only to the
@@ -355,11 +329,11 @@ fn kill_restart_and_api_server_outage() {
         || {
             let s = stats();
             s["spool"]["undelivered"].as_u64() >= Some(1)
-                && s["spool"]["delivery_errors"].as_u64() >= Some(1)
+                && s["sink"]["failures"].as_u64() >= Some(1)
         },
     );
     assert!(records_of(&bundles(), &quick_uid).is_empty());
-    assert!(metric("roar_node_records_spooled").is_some_and(|v| v >= 1.0));
+    assert!(daemon_metric("roar_node_records_spooled").is_some_and(|v| v >= 1.0));
     let old = daemon_pid().expect("the roar-node daemon runs");
     let killed_at = wall_now();
     signal(old, "-9");
@@ -455,12 +429,12 @@ fn kill_restart_and_api_server_outage() {
     assert_eq!(s["api_reachable"], false, "{s}");
     // Alive, capturing, but not ready: no pod list yet.
     wait_until("/healthz answers", Duration::from_secs(30), || {
-        http_get("/healthz").0 == 200
+        daemon_http_get("/healthz").0 == 200
     });
-    let (code, body) = http_get("/readyz");
+    let (code, body) = daemon_http_get("/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("pod cache not synced"), "{body}");
-    assert_eq!(metric("roar_node_api_server_reachable"), Some(0.0));
+    assert_eq!(daemon_metric("roar_node_api_server_reachable"), Some(0.0));
     // The task works while the API server is down, under a daemon that
     // started while it was down.
     fs::write(shared.join("outage.mid"), "").unwrap();
@@ -490,7 +464,7 @@ fn kill_restart_and_api_server_outage() {
         s["api_reachable"] == true && s["watch_healthy"] == true
     });
     wait_until("/readyz says ready again", Duration::from_secs(60), || {
-        http_get("/readyz").0 == 200
+        daemon_http_get("/readyz").0 == 200
     });
     let _ = kubectl(&kc)
         .args(["delete", "namespace", &ns, "--wait=false"])

@@ -38,16 +38,8 @@ fn two_step_pipeline_becomes_a_roar_dag_edge() {
     );
 
     // In roar's own database: step 2's input artifact is step 1's output.
-    let rows = roar.query(
-        &w.dir,
-        &format!(
-            "select o.artifact_id from jobs j1 join job_outputs o on o.job_id = j1.id \
-             join job_inputs i on i.artifact_id = o.artifact_id join jobs j2 on i.job_id = j2.id \
-             where j1.command = 'k8s_task:prepare' and j2.command = 'k8s_task:summarize' and o.path = '{sorted}'"
-        ),
-    );
     assert_eq!(
-        rows.len(),
+        roar.edges(&w.dir, "prepare", "summarize", Some(&sorted)),
         1,
         "no edge prepare -> summarize through {sorted}"
     );

@@ -14,6 +14,7 @@
 mod attribution;
 mod capture;
 pub mod cli;
+mod collect;
 mod daemon;
 mod engine;
 mod events;

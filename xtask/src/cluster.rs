@@ -217,30 +217,29 @@ pub fn wait_daemon_ready(timeout: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// Copies the bundles of every daemon pod into `out` (through
-/// `kubectl exec ... roar-node bundles export`: works on any cluster, the
-/// image needs no shell). Returns the bundles by file name.
+/// Gathers the bundles of every daemon pod into `out` with the user's
+/// command, `roar-node collect --from cluster --all` (through the API
+/// server, as `kubectl exec` does: the image needs no shell). Returns the
+/// bundles by file name (none yet: empty).
 pub fn collect(out: &Path) -> anyhow::Result<BTreeMap<String, Value>> {
-    fs::create_dir_all(out)?;
+    let bin = util::build_release()?;
+    let o = Command::new(&bin)
+        .args(["collect", "--from", "cluster", "--all", "--quiet", "--out"])
+        .arg(out)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .context("running roar-node collect")?;
+    let said = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() && !said.contains("no records of") {
+        bail!("roar-node collect --from cluster: {}", said.trim());
+    }
     let mut all = BTreeMap::new();
-    for pod in daemon_pods()? {
-        let text = util::output(kubectl().args([
-            "-n",
-            "roar-node",
-            "exec",
-            &pod,
-            "--",
-            "/roar-node",
-            "bundles",
-            "export",
-        ]))
-        .with_context(|| format!("exporting bundles from {pod}"))?;
-        let v: Value = serde_json::from_str(&text).with_context(|| pod.clone())?;
-        if let Some(m) = v["bundles"].as_object() {
-            for (name, bundle) in m {
-                fs::write(out.join(name), serde_json::to_vec_pretty(bundle)?)?;
-                all.insert(name.clone(), bundle.clone());
-            }
+    for e in fs::read_dir(out).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("roar-fragments-") && name.ends_with(".json") {
+            let v: Value =
+                serde_json::from_slice(&fs::read(e.path())?).with_context(|| name.clone())?;
+            all.insert(name, v);
         }
     }
     Ok(all)

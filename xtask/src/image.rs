@@ -347,23 +347,41 @@ fn mb(n: u64) -> String {
     format!("{:.1} MB", n as f64 / 1e6)
 }
 
-/// The roar-node image: the release binary at /roar-node, stripped, and
-/// the libraries it links. The stripped binary and its debug info stay in
-/// target/images, wherever the tarball goes.
-pub fn roar_node_image(bin: &Path, out: &Path) -> anyhow::Result<Image> {
-    let stripped = root().join("target/images/roar-node");
-    let debug = strip(bin, &stripped)?;
-    let mut files = vec![Entry {
-        src: stripped.clone(),
-        dest: "/roar-node".into(),
-    }];
-    let libs = ldd(&stripped)?;
-    for lib in &libs {
+/// Debian's bundle of the CAs Mozilla trusts (package ca-certificates):
+/// the object-store sink speaks HTTPS to S3, GCS and Azure, and rustls
+/// looks for the roots at this path.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// What the roar-node image holds: the binary, the libraries it links and
+/// the CA bundle.
+fn roar_node_files(stripped: &Path, libs: &[PathBuf]) -> Vec<Entry> {
+    let mut files = vec![
+        Entry {
+            src: stripped.to_path_buf(),
+            dest: "/roar-node".into(),
+        },
+        Entry {
+            src: CA_BUNDLE.into(),
+            dest: CA_BUNDLE.into(),
+        },
+    ];
+    for lib in libs {
         files.push(Entry {
             dest: lib.to_string_lossy().into_owned(),
             src: lib.clone(),
         });
     }
+    files
+}
+
+/// The roar-node image: the release binary at /roar-node, stripped, the
+/// libraries it links, and the CA bundle (HTTPS to object stores). The stripped binary and its debug info stay in
+/// target/images, wherever the tarball goes.
+pub fn roar_node_image(bin: &Path, out: &Path) -> anyhow::Result<Image> {
+    let stripped = root().join("target/images/roar-node");
+    let debug = strip(bin, &stripped)?;
+    let libs = ldd(&stripped)?;
+    let files = roar_node_files(&stripped, &libs);
     // Mount points the DaemonSet uses (the root file system is read-only).
     let dirs = [
         "/tmp",
@@ -575,6 +593,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without the CA bundle the daemon cannot verify an object store's
+    /// HTTPS certificate: records would wait in the spool forever.
+    #[test]
+    fn the_image_carries_the_ca_bundle() {
+        let files = roar_node_files(Path::new("/x/roar-node"), &[]);
+        let ca = files
+            .iter()
+            .find(|e| e.dest == CA_BUNDLE)
+            .expect("CA bundle in the image");
+        assert!(
+            ca.src.is_file(),
+            "{} (setup installs ca-certificates)",
+            ca.src.display()
+        );
+    }
 
     #[test]
     fn repositories() {

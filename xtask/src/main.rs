@@ -48,7 +48,7 @@ enum Command {
     /// two-task OSMO-shaped workflow, bundles, roar's lineage graph.
     Run(k8s_demo::Args),
     /// The cluster tests (tests/tests/k8s_*.rs: e2e, resilience,
-    /// attribution, contract, chart): cluster up if needed (~15 s; ~6.5 min the first time on a
+    /// attribution, contract, chart, sink): cluster up if needed (~15 s; ~6.5 min the first time on a
     /// machine), images pushed to its registry, roar-node installed by the
     /// Helm chart, then the tests with ROAR_NODE_K8S=1.
     E2eK8s(test::Args),

@@ -15,7 +15,8 @@ pub struct Args {}
 /// util-linux (unshare, mount) for the privilege and namespace tests,
 /// protoc for the spool's schema (tracer-daemon/proto), binutils (objcopy
 /// splits the image binary's debug info off), skopeo (pushes images to a
-/// registry) and docker-registry (the local cluster's registry).
+/// registry), docker-registry (the local cluster's registry) and
+/// ca-certificates (the image's CA bundle: the object-store sink's HTTPS).
 const APT: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -29,6 +30,7 @@ const APT: &[&str] = &[
     "binutils",
     "skopeo",
     "docker-registry",
+    "ca-certificates",
 ];
 const BPF_LINKER: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";
@@ -42,9 +44,11 @@ pub fn run(_: Args) -> anyhow::Result<()> {
     bpf_linker()?;
     mounts()?;
     // The Python tools, each in its own venv: roar-cli (the reference
-    // client the tests check records with) and Helm (helm-python-sdk).
+    // client the tests check records with), Helm (helm-python-sdk) and
+    // moto's S3 server (the object-store sink tests).
     util::roar_venv()?;
     util::helm_venv()?;
+    util::s3_venv()?;
     eprintln!("setup: ok");
     Ok(())
 }

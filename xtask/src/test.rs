@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::util::{self, build_release, is_root, roar_venv, root};
+use crate::util::{self, build_release, is_root, roar_venv, root, s3_venv};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,12 +30,13 @@ pub struct Args {
 
 /// The cluster tests (`tests/tests/k8s_*.rs`): only these need the
 /// cluster, so that without it every other suite runs and none skips.
-pub const K8S_TESTS: [&str; 5] = [
+pub const K8S_TESTS: [&str; 6] = [
     "k8s_e2e",
     "k8s_resilience",
     "k8s_attribution",
     "k8s_contract",
     "k8s_chart",
+    "k8s_sink",
 ];
 
 /// The end-to-end test targets that are not cluster tests.
@@ -73,10 +74,12 @@ fn cargo_test(args: &Args, k8s: bool, targets: Targets<'_>) -> anyhow::Result<()
     }
     let bin = build_release()?;
     let venv = roar_venv()?;
+    let s3_venv = s3_venv()?;
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(root())
         .env("ROAR_NODE_BIN", &bin)
         .env("ROAR_VENV", &venv)
+        .env("ROAR_NODE_S3_VENV", &s3_venv)
         // The chart tests render and lint with a real Helm.
         .env("HELM_VENV", util::helm_venv()?)
         .arg("test")

@@ -102,6 +102,19 @@ pub fn helm_venv() -> anyhow::Result<PathBuf> {
     Ok(venv)
 }
 
+/// moto's S3 server (and boto3) in a venv, for the object-store sink
+/// tests: a real S3 protocol server the tests start themselves.
+pub const MOTO: &str = "moto[server]==5.2.5";
+
+pub fn s3_venv() -> anyhow::Result<PathBuf> {
+    let venv = root().join("target/s3-venv");
+    if !venv.join("bin/moto_server").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", MOTO]))?;
+    }
+    Ok(venv)
+}
+
 /// `python xtask/helm.py ARGS` from the helm venv: render, lint, install.
 pub fn helm() -> anyhow::Result<Command> {
     let mut c = Command::new(helm_venv()?.join("bin/python"));

@@ -26,6 +26,31 @@ pub(crate) struct DaemonArgs {
         env = "ROAR_NODE_BUNDLE_DIR"
     )]
     bundle_dir: PathBuf,
+    /// Where records go: an object store, `s3://BUCKET/PREFIX` (also
+    /// S3-compatible endpoints: AWS_ENDPOINT_URL), `gs://`, `az://`, or
+    /// `file:///DIR`, with the cloud's standard credentials (environment,
+    /// IRSA / workload identity, instance metadata). Without it, the
+    /// bundle directory.
+    #[arg(long, env = "ROAR_NODE_SINK", value_name = "URL")]
+    sink: Option<String>,
+    /// Without --sink: the most the bundle directory may hold (e.g.
+    /// `10GiB`); a record that would pass it waits in the spool, reported
+    /// in /metrics, until the directory is collected.
+    #[arg(long, env = "ROAR_NODE_BUNDLE_DIR_MAX_BYTES", value_parser = super::parse_size)]
+    bundle_dir_max_bytes: Option<u64>,
+    /// Records waiting for the sink the spool may hold; past it new
+    /// records go straight to the sink or, refused, to --fallback-dir
+    /// (counted); the waiting ones are never dropped.
+    #[arg(long, default_value = "2GiB", env = "ROAR_NODE_SPOOL_MAX_BYTES", value_parser = super::parse_size)]
+    spool_max_bytes: u64,
+    /// With --sink: copies of delivered records kept in --bundle-dir, up
+    /// to this size (0, the default: none; the spool's copy goes once the
+    /// store confirmed it).
+    #[arg(long, default_value = "0", env = "ROAR_NODE_KEEP_LOCAL_BYTES", value_parser = super::parse_size)]
+    keep_local_bytes: u64,
+    /// With --keep-local-bytes: copies older than this go too (e.g. `7d`).
+    #[arg(long, env = "ROAR_NODE_KEEP_LOCAL_AGE", value_parser = humantime::parse_duration)]
+    keep_local_age: Option<Duration>,
     /// Where a record is kept if the bundle directory cannot take it (full,
     /// read-only): on the node's state volume, never lost.
     #[arg(
@@ -137,6 +162,15 @@ impl DaemonArgs {
             kubeconfig: self.kubeconfig,
             bundle_dir: self.bundle_dir,
             fallback_dir: self.fallback_dir,
+            sinks: daemon::SinkConfig {
+                url: self.sink,
+                bundle_dir_max_bytes: self.bundle_dir_max_bytes,
+                keep_local_bytes: self.keep_local_bytes,
+                keep_local_age: self.keep_local_age,
+                budgets: crate::sinks::Budgets {
+                    spool_bytes: self.spool_max_bytes,
+                },
+            },
             spool_dir: self.spool_dir,
             policy,
             metrics_addr: self.metrics_addr,

@@ -3,6 +3,7 @@
 //! line.
 
 mod bundles;
+mod collect;
 mod daemon;
 mod hash_budget;
 mod run;
@@ -42,6 +43,18 @@ enum Command {
     Daemon(Box<daemon::DaemonArgs>),
     /// Bundle directory tools (export, for collectors).
     Bundles(bundles::BundlesArgs),
+    /// Gather the records of a workflow (or a namespace, or all) from an
+    /// object store or from the cluster's daemons into a directory, for
+    /// `roar k8s ingest-bundles DIR`.
+    Collect(collect::CollectArgs),
+}
+
+/// A size: bytes, or with a unit (`500MB`, `10GiB`).
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size (e.g. 500MB, 10GiB): {e}"))
 }
 
 /// Parses arguments, runs the command, returns the process exit code.
@@ -64,6 +77,7 @@ pub fn main() -> i32 {
             Command::Run(args) => run::run(args).await,
             Command::Daemon(args) => daemon::run(*args).await,
             Command::Bundles(args) => bundles::run(args),
+            Command::Collect(args) => collect::run(args).await,
         }
     });
     match result {

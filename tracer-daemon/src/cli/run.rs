@@ -12,6 +12,16 @@ pub(crate) struct RunArgs {
     /// Directory the bundle is written to.
     #[arg(long, default_value = "./roar-bundles", env = "ROAR_NODE_BUNDLE_DIR")]
     bundle_dir: PathBuf,
+    /// Put the record into an object store instead of --bundle-dir:
+    /// `s3://BUCKET/PREFIX`, `gs://`, `az://`, `file:///DIR` (as the
+    /// daemon's --sink; a local run can share a bucket with a cluster).
+    #[arg(long, env = "ROAR_NODE_SINK", value_name = "URL")]
+    sink: Option<String>,
+    /// With --sink: file the record under this workflow id in the store
+    /// (`PREFIX/-/<WF_ID>/…`), so `roar-node collect --workflow` finds it
+    /// with the cluster's records of that workflow.
+    #[arg(long, value_name = "WF_ID", requires = "sink")]
+    workflow: Option<String>,
     /// Where the record is kept if the bundle directory cannot take it
     /// (full, read-only, removed while the command ran).
     #[arg(long, default_value = "/var/tmp/roar-node-unsent", value_name = "DIR")]
@@ -58,6 +68,8 @@ impl RunArgs {
                 &self.keep_path,
             )?,
             bundle_dir: self.bundle_dir,
+            sink: self.sink,
+            workflow: self.workflow,
             fallback_dir: self.fallback_dir,
             name: self.name,
             ring_buffer_bytes: self.ring_buffer_bytes,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::{State, lifecycle::Final, reporting::RecordThreads};
+use crate::sinks::{Delivered, Delivery};
 use crate::{
     attribution::{TaskMeta, pods::RunState},
     records::{Clock, FinishedTask, PodTask, Record, RecordBuilder, TaskIdentity},
@@ -161,17 +162,12 @@ impl RecordJob {
     }
 }
 
-fn deliver(
-    delivery: &crate::sinks::Delivery,
-    counters: &RecordThreads,
-    task_id: &str,
-    record: Record,
-) {
+fn deliver(delivery: &Delivery, counters: &RecordThreads, task_id: &str, record: Record) {
     let big = record.summary.reads + record.summary.writes > 10_000;
+    let s = &record.summary;
     match delivery.deliver(task_id, &record) {
-        Ok(at) => {
+        Ok(Delivered::At(at)) => {
             counters.written();
-            let s = &record.summary;
             tracing::info!(
                 task = task_id,
                 namespace = record.owner.namespace.as_deref(),
@@ -184,6 +180,18 @@ fn deliver(
                 lost = s.lost,
                 at = %at,
                 "record written"
+            );
+        }
+        Ok(Delivered::Waiting(why)) => {
+            // Not an error of the record: the sink's refusal is counted
+            // and reported by delivery; the record is durable.
+            counters.written();
+            tracing::warn!(
+                task = task_id,
+                namespace = record.owner.namespace.as_deref(),
+                workflow = record.owner.workflow_id.as_deref(),
+                error = %why,
+                "record waiting in the spool for the sink"
             );
         }
         Err(e) => {

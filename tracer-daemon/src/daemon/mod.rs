@@ -64,6 +64,7 @@ pub(crate) struct Config {
     pub(crate) kubeconfig: Option<PathBuf>,
     pub(crate) bundle_dir: PathBuf,
     pub(crate) fallback_dir: PathBuf,
+    pub(crate) sinks: SinkConfig,
     pub(crate) spool_dir: PathBuf,
     pub(crate) policy: PolicySource,
     pub(crate) metrics_addr: SocketAddr,
@@ -86,6 +87,21 @@ pub(crate) struct Config {
     pub(crate) no_suppress: bool,
     pub(crate) hash_workers: usize,
     pub(crate) hash_budget: crate::records::hashing::HashBudget,
+}
+
+/// Where records go and what the node keeps.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SinkConfig {
+    /// An object store URL (`s3://`, `gs://`, `az://`, `file://`); `None`:
+    /// the bundle directory.
+    pub(crate) url: Option<String>,
+    /// Without a store: bytes the bundle directory may hold.
+    pub(crate) bundle_dir_max_bytes: Option<u64>,
+    /// With a store: copies of delivered records kept in the bundle
+    /// directory, up to this many bytes and this age (0: none).
+    pub(crate) keep_local_bytes: u64,
+    pub(crate) keep_local_age: Option<Duration>,
+    pub(crate) budgets: crate::sinks::Budgets,
 }
 
 /// What does not change while the daemon runs.
@@ -171,7 +187,7 @@ impl State {
                     health.beat();
                     self.on_tick(reader);
                 }
-                _ = second.tick() => self.on_second(metrics, pod_rx.len()),
+                _ = second.tick() => self.on_second(metrics, health, pod_rx.len()),
                 _ = sigint.recv() => return Ok(()),
                 _ = sigterm.recv() => return Ok(()),
             }
@@ -199,12 +215,14 @@ impl State {
 
     /// Every second: the spool's heartbeat, the policy, retries,
     /// checkpoints, and reporting.
-    fn on_second(&mut self, metrics: &Metrics, pod_events: usize) {
+    fn on_second(&mut self, metrics: &Metrics, health: &Health, pod_events: usize) {
         self.spool_op("heartbeat", |s| s.heartbeat());
         self.reload_policy();
-        // A refused record is tried again every 5 s.
+        // Records the sink refused: tried again when its back-off allows.
+        self.delivery.retry();
+        health.set_sink_problem(self.delivery.problem());
         if self.seconds.is_multiple_of(5) {
-            self.delivery.retry();
+            self.counters.local_bytes = self.delivery.local_bytes();
         }
         if self.seconds % 5 == 2 {
             self.checkpoint_tasks();

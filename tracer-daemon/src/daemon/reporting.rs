@@ -37,6 +37,8 @@ pub(super) struct Counters {
     /// failed): each may have been a record or a task's state.
     pub(super) spool_damaged: u64,
     pub(super) spool_torn_bytes: u64,
+    /// Bytes of records on the node (scanned every few seconds).
+    pub(super) local_bytes: u64,
     /// Shared with the threads that build and deliver records.
     pub(super) record_threads: std::sync::Arc<RecordThreads>,
 }
@@ -86,6 +88,7 @@ pub(super) struct Report {
     pub(super) attribution: AttributionReport,
     pub(super) tasks: TasksReport,
     spool: SpoolReport,
+    sink: SinkReport,
     queues: BTreeMap<&'static str, u64>,
     hashing: HashingReport,
     files_held: Option<usize>,
@@ -151,8 +154,25 @@ struct SpoolReport {
     errors: u64,
     damaged_entries_at_start: u64,
     torn_bytes_at_start: u64,
+    undelivered_bytes: u64,
+    /// Seconds the oldest undelivered record has waited.
+    oldest_waiting_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct SinkReport {
+    to: String,
+    /// Why it refuses records, while it does.
+    problem: Option<String>,
+    /// Seconds before the next attempt (back-off).
+    retry_in_seconds: f64,
+    delivered: u64,
     redelivered: u64,
-    delivery_errors: u64,
+    failures: u64,
+    unsent: u64,
+    over_spool_budget: u64,
+    /// Bytes of records kept on the node (bundle directory or copies).
+    local_bytes: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -219,8 +239,19 @@ impl State {
                 errors: self.counters.spool_errors,
                 damaged_entries_at_start: self.counters.spool_damaged,
                 torn_bytes_at_start: self.counters.spool_torn_bytes,
+                undelivered_bytes: spool.undelivered_bytes(),
+                oldest_waiting_seconds: spool.oldest_waiting().map(|d| d.as_secs_f64()),
+            },
+            sink: SinkReport {
+                to: self.delivery.describe(),
+                problem: self.delivery.problem(),
+                retry_in_seconds: self.delivery.backoff_wait().as_secs_f64(),
+                delivered: load(&dstats.delivered),
                 redelivered: load(&dstats.redelivered),
-                delivery_errors: load(&dstats.errors),
+                failures: load(&dstats.errors),
+                unsent: load(&dstats.unsent),
+                over_spool_budget: load(&dstats.over_spool_budget),
+                local_bytes: self.counters.local_bytes,
             },
             queues: self.queues(pod_events),
             hashing: HashingReport {
@@ -335,11 +366,20 @@ impl Report {
         // that could not be delivered.
         observe_total(
             &m.record_errors,
-            t.record_errors + self.spool.delivery_errors + self.spool.damaged_entries_at_start,
+            t.record_errors + self.spool.damaged_entries_at_start,
         );
         m.records_spooled
             .set(gauge_value(self.spool.undelivered as u64));
         m.spool_bytes.set(gauge_value(self.spool.bytes));
+        m.spool_oldest_record_age_seconds.set(gauge_value(
+            self.spool.oldest_waiting_seconds.unwrap_or(0.0) as u64,
+        ));
+        let sink = &self.sink;
+        observe_total(&m.records_redelivered, sink.redelivered);
+        observe_total(&m.delivery_failures, sink.failures);
+        observe_total(&m.records_unsent, sink.unsent);
+        m.sink_up.set(i64::from(sink.problem.is_none()));
+        m.local_records_bytes.set(gauge_value(sink.local_bytes));
         observe_total(&m.hash_bytes, self.hashing.bytes);
         observe_total(&m.hash_files, self.hashing.files);
         observe_total(&m.hash_over_budget, self.hashing.over_budget);

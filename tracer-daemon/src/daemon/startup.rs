@@ -32,7 +32,8 @@ use crate::{
     records::path_filters::PathFilterConfig,
     sinks::{
         Delivery,
-        bundle::BundleDir,
+        bundle::LocalCopies,
+        make_sink,
         spool::{Recovered, SharedSpool},
     },
 };
@@ -57,12 +58,16 @@ pub(super) async fn start(
         Err(e) => return unsupported(health, metrics, e.into()),
     };
     let (spool, recovered) = open_spool(config)?;
-    let sink = BundleDir::new(&config.bundle_dir).context("bundle directory")?;
-    let delivery = Arc::new(
-        Delivery::new(Box::new(sink), config.fallback_dir.clone()).with_spool(spool.clone()),
-    );
-    // A previous daemon's records: nobody else is delivering them.
-    delivery.deliver_spooled(std::time::Duration::ZERO);
+    let delivery = Arc::new(make_delivery(config, &spool)?);
+    match delivery.check() {
+        // A previous daemon's records: nobody else is delivering them.
+        Ok(()) => delivery.deliver_spooled(std::time::Duration::ZERO),
+        Err(e) => {
+            // Tracing goes on: records wait in the spool for the sink.
+            tracing::error!(sink = %delivery.describe(), error = %e, "the sink refuses records: tracing goes on, records wait in the spool (see /readyz)");
+            health.set_sink_problem(Some(e.to_string()));
+        }
+    }
     let client = watch::kube_client(config.kubeconfig.as_deref()).await?;
     let api_reachable = watch::api_reachable(&client, &config.node_name).await;
 
@@ -122,7 +127,7 @@ pub(super) async fn start(
     tracing::info!(
         node = %config.node_name,
         cgroup2_root = %cgroot.display(),
-        bundles = %config.bundle_dir.display(),
+        sink = %state.delivery.describe(),
         "tracing"
     );
     Ok(Some(Started {
@@ -235,6 +240,22 @@ fn load_policy(source: &PolicySource) -> anyhow::Result<(Policy, Option<PolicyDi
             Ok((policy, None))
         }
     }
+}
+
+/// Delivery to the configured sink, through the spool; with an object
+/// sink, copies kept in the bundle directory up to their budget.
+fn make_delivery(config: &Config, spool: &SharedSpool) -> anyhow::Result<Delivery> {
+    let s = &config.sinks;
+    let sink = make_sink(s.url.as_deref(), &config.bundle_dir, s.bundle_dir_max_bytes)
+        .context("bundle directory")?;
+    let copies = match s.url {
+        Some(_) => LocalCopies::new(&config.bundle_dir, s.keep_local_bytes, s.keep_local_age)
+            .context("bundle directory (local copies)")?,
+        None => None,
+    };
+    Ok(Delivery::new(sink, config.fallback_dir.clone())
+        .with_spool(spool.clone(), s.budgets)
+        .with_local_copies(copies))
 }
 
 /// Opens the spool and says what a previous roar-node left in it.

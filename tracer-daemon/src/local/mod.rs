@@ -24,7 +24,7 @@ use crate::{
         Clock, LocalTask, Record, RecordBuilder, TaskIdentity, TracerUsage, hashing::HashBudget,
         path_filters::PathFilterConfig,
     },
-    sinks::{Delivery, bundle::BundleDir},
+    sinks::{Delivered, Delivery, SinkError, make_sink, store::Problem},
     tasks::TaskLimits,
 };
 
@@ -32,6 +32,10 @@ use crate::{
 #[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) bundle_dir: PathBuf,
+    /// An object store URL; `None`: the bundle directory.
+    pub(crate) sink: Option<String>,
+    /// The workflow the record is filed under in the store.
+    pub(crate) workflow: Option<String>,
     pub(crate) fallback_dir: PathBuf,
     /// Task name in the record (default: the command line).
     pub(crate) name: Option<String>,
@@ -60,10 +64,7 @@ pub(crate) struct Outcome {
 /// returns.
 pub(crate) async fn run(config: Config) -> anyhow::Result<Outcome> {
     let cgroot = find_cgroup2()?;
-    let sink = BundleDir::new(&config.bundle_dir).context("bundle directory")?;
-    // Fail now, not after the command ran.
-    sink.check_writable().context("bundle directory")?;
-    let delivery = Delivery::new(Box::new(sink), config.fallback_dir.clone());
+    let delivery = ready_delivery(&config)?;
 
     let t0 = Instant::now();
     let opts = ProbeOptions {
@@ -111,7 +112,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<Outcome> {
         filters: &config.filters,
         clock: Clock::new(),
     };
-    let record = builder
+    let mut record = builder
         .build(finished.into_task(kernel))
         .name(TaskIdentity::Local(LocalTask {
             boot_id: boot_id(),
@@ -128,7 +129,14 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<Outcome> {
             tracer_usage: tracer_usage(),
             host,
         }));
-    let at = delivery.deliver(&record.fragment.task_id, &record)?;
+    // Where a store files it (not part of the fragment).
+    record.owner.workflow_id = config.workflow.clone();
+    // The sink may block on the network: not on a runtime worker's time.
+    let at = match tokio::task::block_in_place(|| {
+        delivery.deliver(&record.fragment.task_id, &record)
+    })? {
+        Delivered::At(at) | Delivered::Waiting(at) => at,
+    };
     // Detaching waits on the kernel (RCU) for ~0.5 s: not the user's time.
     probes.detach_after_exit();
     Ok(Outcome {
@@ -137,6 +145,29 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<Outcome> {
         at,
         elapsed: t0.elapsed(),
     })
+}
+
+/// Delivery to `--sink` or the bundle directory, checked before the
+/// command runs: a bad URL, a missing bucket, no credentials or a
+/// directory that cannot be written stop here, not after the work. A store
+/// that does not answer is only a warning: the command runs, and if the
+/// store still refuses at the end the record is kept in the fallback
+/// directory.
+fn ready_delivery(config: &Config) -> anyhow::Result<Delivery> {
+    let sink =
+        make_sink(config.sink.as_deref(), &config.bundle_dir, None).context("bundle directory")?;
+    match tokio::task::block_in_place(|| sink.check()) {
+        Ok(()) => {}
+        Err(SinkError::Store(e)) if e.problem == Problem::Unreachable => {
+            tracing::warn!(error = %e, "the store does not answer now: running the command anyway");
+            if !config.quiet {
+                eprintln!("roar-node: warning: {e}; running the command anyway");
+            }
+        }
+        Err(e @ SinkError::Store(_)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::new(e).context("bundle directory")),
+    }
+    Ok(Delivery::new(sink, config.fallback_dir.clone()))
 }
 
 /// Starts the command in the cgroup and drains its events until it and

@@ -21,6 +21,9 @@ pub(crate) struct Health {
     /// Why this node cannot be traced at all (no cgroup v2, no BTF, the
     /// kernel refused the programs), once known: never ready then.
     unsupported: std::sync::OnceLock<String>,
+    /// Why the sink refuses records (bad URL, no bucket, no credentials,
+    /// unreachable), while it does: records wait in the spool meanwhile.
+    sink_problem: std::sync::Mutex<Option<String>>,
     programs_attached: AtomicBool,
     pod_cache_synced: AtomicBool,
     /// Milliseconds from `origin` to the last beat.
@@ -64,6 +67,7 @@ impl Health {
     pub(crate) fn new(staleness: Duration) -> Self {
         Self {
             unsupported: std::sync::OnceLock::new(),
+            sink_problem: std::sync::Mutex::new(None),
             programs_attached: AtomicBool::new(false),
             pod_cache_synced: AtomicBool::new(false),
             last_beat_ms: AtomicU64::new(0),
@@ -81,6 +85,11 @@ impl Health {
     /// This node cannot be traced, and why: /readyz says so from now on.
     pub(crate) fn set_unsupported(&self, why: String) {
         let _ = self.unsupported.set(why);
+    }
+
+    /// The sink refuses records, and why (`None`: it takes them).
+    pub(crate) fn set_sink_problem(&self, why: Option<String>) {
+        *self.sink_problem.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
     pub(crate) fn set_programs_attached(&self, attached: bool) {
@@ -135,6 +144,11 @@ impl Health {
         if self.liveness().is_err() {
             missing.push("daemon loop stalled".into());
         }
+        if let Some(why) = &*self.sink_problem.lock().unwrap_or_else(|e| e.into_inner()) {
+            missing.push(format!(
+                "sink refuses records ({why}); they wait in the spool"
+            ));
+        }
         if missing.is_empty() {
             Ok(())
         } else {
@@ -184,6 +198,22 @@ mod tests {
             "not ready: cannot trace on this node: no cgroup v2 mount, programs not attached"
         );
         assert_eq!(h.liveness(), Ok(()), "alive: not restarted hot");
+    }
+
+    /// A sink that refuses records makes the daemon not ready, saying why,
+    /// until it takes them again.
+    #[test]
+    fn sink_problem_is_reported_until_it_clears() {
+        let h = Health::default();
+        h.set_programs_attached(true);
+        h.set_pod_cache_synced(true);
+        h.set_sink_problem(Some("s3://b/p: no such bucket: NoSuchBucket".into()));
+        assert_eq!(
+            h.readiness().unwrap_err().to_string(),
+            "not ready: sink refuses records (s3://b/p: no such bucket: NoSuchBucket); they wait in the spool"
+        );
+        h.set_sink_problem(None);
+        assert_eq!(h.readiness(), Ok(()));
     }
 
     #[test]

@@ -146,6 +146,21 @@ pub(crate) struct Metrics {
     /// Records in the durable spool (fallback directory) not yet delivered.
     pub(crate) records_spooled: Gauge,
     pub(crate) spool_bytes: Gauge,
+    /// How long the oldest record in the spool has waited for the sink.
+    pub(crate) spool_oldest_record_age_seconds: Gauge,
+    /// Records put into the sink from the spool, after a refusal or a
+    /// restart.
+    pub(crate) records_redelivered: Counter,
+    /// Attempts to put a record that the sink refused.
+    pub(crate) delivery_failures: Counter,
+    /// Records kept in the fallback directory (the spool over its budget
+    /// or failing, and the sink refusing): on the node, not in the sink.
+    pub(crate) records_unsent: Counter,
+    /// 1 while the sink takes records, 0 while it refuses them.
+    pub(crate) sink_up: Gauge,
+    /// Bytes of records on the node: the bundle directory, or the copies
+    /// kept of records delivered to a store.
+    pub(crate) local_records_bytes: Gauge,
 
     pub(crate) hash_bytes: Counter,
     pub(crate) hash_files: Counter,
@@ -193,6 +208,12 @@ impl Metrics {
             record_errors: Counter::default(),
             records_spooled: Gauge::default(),
             spool_bytes: Gauge::default(),
+            spool_oldest_record_age_seconds: Gauge::default(),
+            records_redelivered: Counter::default(),
+            delivery_failures: Counter::default(),
+            records_unsent: Counter::default(),
+            sink_up: Gauge::default(),
+            local_records_bytes: Gauge::default(),
             hash_bytes: Counter::default(),
             hash_files: Counter::default(),
             hash_over_budget: Counter::default(),
@@ -302,7 +323,7 @@ impl Metrics {
         );
         self.registry.register(
             "record_errors",
-            "Records that could not be written to the bundle directory",
+            "Records that could not be delivered nor kept in the spool (kept in the fallback directory, or lost if that failed too)",
             self.record_errors.clone(),
         );
         self.registry.register(
@@ -315,6 +336,37 @@ impl Metrics {
             "Size of the durable spool",
             Unit::Bytes,
             self.spool_bytes.clone(),
+        );
+        self.registry.register(
+            "spool_oldest_record_age_seconds",
+            "Seconds the oldest record in the spool has waited for the sink",
+            self.spool_oldest_record_age_seconds.clone(),
+        );
+        self.registry.register(
+            "records_redelivered",
+            "Records put into the sink from the spool (after a refusal or a restart)",
+            self.records_redelivered.clone(),
+        );
+        self.registry.register(
+            "delivery_failures",
+            "Attempts to put a record that the sink refused (the record stays in the spool)",
+            self.delivery_failures.clone(),
+        );
+        self.registry.register(
+            "records_unsent",
+            "Records kept in the node's fallback directory instead of the sink (spool over budget or failing)",
+            self.records_unsent.clone(),
+        );
+        self.registry.register(
+            "sink_up",
+            "1 while the sink takes records, 0 while it refuses them (/readyz says why)",
+            self.sink_up.clone(),
+        );
+        self.registry.register_with_unit(
+            "local_records",
+            "Records kept on the node: the bundle directory, or copies of records delivered to a store",
+            Unit::Bytes,
+            self.local_records_bytes.clone(),
         );
         self.registry.register_with_unit(
             "hash",

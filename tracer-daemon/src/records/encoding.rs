@@ -32,11 +32,17 @@ pub fn encode(bytes: &[u8]) -> (String, bool) {
 
 /// Inverse of `encode` for a value that was percent-encoded.
 pub fn decode(s: &str) -> Option<Vec<u8>> {
+    unescape(s, b'%')
+}
+
+/// The bytes of `s` where each `<escape>XX` (two hex digits) stands for
+/// one byte; `None` when an escape is cut short or not hex.
+pub(crate) fn unescape(s: &str, escape: u8) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' {
+        if b[i] == escape {
             let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;

@@ -15,12 +15,16 @@ use std::{
 use anyhow::Context;
 use serde_json::{Map, Value};
 
-use super::{Sink, SinkError};
+use super::{Item, Sink, SinkError};
 use crate::records::Record;
 
 pub(crate) struct BundleDir {
     dir: PathBuf,
     seq: AtomicU64,
+    /// Bytes of finished bundles the directory may hold (`None`: no
+    /// limit). A record that would pass it is refused, not written: the
+    /// daemon keeps it in the spool until the directory is collected.
+    budget: Option<u64>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SinkError + '_ {
@@ -45,7 +49,35 @@ impl BundleDir {
         Ok(Self {
             dir,
             seq: AtomicU64::new(0),
+            budget: None,
         })
+    }
+
+    /// Refuses records past `budget` bytes of bundles.
+    pub(crate) fn with_budget(mut self, budget: Option<u64>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Finished bundles (name, size, modification time), oldest first.
+    fn bundles(&self) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        let mut v: Vec<_> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| is_bundle_name(&e.file_name().to_string_lossy()))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((e.path(), m.len(), m.modified().ok()?))
+            })
+            .collect();
+        v.sort_by_key(|(p, _, t)| (*t, p.clone()));
+        v
+    }
+
+    /// Bytes of finished bundles in the directory now.
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.bundles().iter().map(|(_, n, _)| n).sum()
     }
 
     /// Fails now, not after the task ran, if records cannot be created
@@ -119,10 +151,101 @@ pub(crate) fn bundle_bytes(record: &Record) -> Result<Vec<u8>, serde_json::Error
     Ok(bytes)
 }
 
+fn is_bundle_name(n: &str) -> bool {
+    // Temporary files never match.
+    n.starts_with("roar-fragments-") && n.ends_with(".json")
+}
+
 impl Sink for BundleDir {
-    fn put(&self, name: &str, bytes: &[u8]) -> Result<String, SinkError> {
-        self.write_atomic(name, bytes)
+    fn put(&self, item: &Item<'_>) -> Result<String, SinkError> {
+        if let Some(budget) = self.budget {
+            let used = self.used_bytes();
+            // Rewriting a bundle that is there already takes no more room.
+            let again = fs::metadata(self.dir.join(item.bundle_file)).map_or(0, |m| m.len());
+            if used - again.min(used) + item.bytes.len() as u64 > budget {
+                return Err(SinkError::Full {
+                    dir: self.dir.clone(),
+                    used,
+                    budget,
+                });
+            }
+        }
+        self.write_atomic(item.bundle_file, item.bytes)
             .map(|p| p.display().to_string())
+    }
+
+    fn check(&self) -> Result<(), SinkError> {
+        self.check_writable()
+    }
+
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn off_node(&self) -> bool {
+        false
+    }
+
+    fn local_bytes(&self) -> u64 {
+        self.used_bytes()
+    }
+}
+
+/// Copies of records already in an off-node store, kept on the node up to
+/// a size and an age: the oldest go first. Only copies are ever removed
+/// here (each was confirmed by the store before it was written).
+pub(crate) struct LocalCopies {
+    dir: BundleDir,
+    max_bytes: u64,
+    max_age: Option<std::time::Duration>,
+}
+
+impl LocalCopies {
+    /// `None` when nothing is to be kept.
+    pub(crate) fn new(
+        dir: &Path,
+        max_bytes: u64,
+        max_age: Option<std::time::Duration>,
+    ) -> Result<Option<Self>, SinkError> {
+        if max_bytes == 0 || max_age.is_some_and(|a| a.is_zero()) {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            dir: BundleDir::new(dir)?,
+            max_bytes,
+            max_age,
+        }))
+    }
+
+    /// Keeps a copy of a delivered record, then trims the oldest copies.
+    pub(crate) fn keep(&self, name: &str, bytes: &[u8]) {
+        if let Err(e) = self.dir.write_atomic(name, bytes) {
+            tracing::warn!(error = %e, "cannot keep a local copy of a delivered record (it is in the store)");
+        }
+        self.trim();
+    }
+
+    /// Removes copies past the age, then the oldest past the size.
+    pub(crate) fn trim(&self) {
+        let now = std::time::SystemTime::now();
+        let mut copies = self.dir.bundles();
+        let mut total: u64 = copies.iter().map(|(_, n, _)| n).sum();
+        copies.retain(|(p, n, t)| {
+            let old = self
+                .max_age
+                .is_some_and(|a| now.duration_since(*t).is_ok_and(|age| age > a));
+            if old || total > self.max_bytes {
+                if fs::remove_file(p).is_ok() {
+                    total -= n;
+                }
+                return false;
+            }
+            true
+        });
+    }
+
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.dir.used_bytes()
     }
 }
 
@@ -135,8 +258,7 @@ pub(crate) fn export(dir: &Path) -> anyhow::Result<Value> {
         .with_context(|| format!("{}", dir.display()))?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        // Only finished bundles: temporary files never match.
-        .filter(|n| n.starts_with("roar-fragments-") && n.ends_with(".json"))
+        .filter(|n| is_bundle_name(n))
         .collect();
     names.sort();
     for name in names {
@@ -175,5 +297,43 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1);
+    }
+
+    /// With a budget, a record that would pass it is refused (nothing
+    /// written, nothing removed); rewriting one already there fits.
+    #[test]
+    fn budget_refuses_what_would_pass_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = BundleDir::new(root.path().join("b"))
+            .unwrap()
+            .with_budget(Some(25));
+        let owner = crate::records::Owner::default();
+        let put = |name: &str, len: usize| {
+            let bytes = bytes::Bytes::from(vec![b'x'; len]);
+            dir.put(&Item {
+                task_id: "t",
+                bundle_file: name,
+                owner: &owner,
+                bytes: &bytes,
+            })
+        };
+        put("roar-fragments-a.json", 10).unwrap();
+        put("roar-fragments-b.json", 10).unwrap();
+        let e = put("roar-fragments-c.json", 10).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SinkError::Full {
+                    used: 20,
+                    budget: 25,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--bundle-dir-max-bytes"), "{e}");
+        put("roar-fragments-b.json", 15).unwrap();
+        assert_eq!(dir.used_bytes(), 25);
+        assert_eq!(dir.bundles().len(), 2, "nothing removed");
     }
 }

@@ -107,6 +107,11 @@ pub(crate) struct Spool {
     /// When this process spooled each undelivered record (absent: a
     /// previous daemon did).
     spooled_at: BTreeMap<String, std::time::Instant>,
+    /// Bytes of the undelivered records' bundles.
+    undelivered_bytes: u64,
+    /// When this process opened the spool (the earliest it knows a record
+    /// a previous daemon left was waiting).
+    opened_at: std::time::Instant,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -177,7 +182,14 @@ impl Spool {
             checkpoints_bytes: frames.values().map(|f| f.len() as u64).sum(),
             checkpoints: frames,
             spooled_at: BTreeMap::new(),
+            undelivered_bytes: 0,
+            opened_at: std::time::Instant::now(),
         };
+        spool.undelivered_bytes = spool
+            .undelivered
+            .values()
+            .map(|r| r.bundle_json.len() as u64)
+            .sum();
         spool.compact()?;
         Ok((spool, rec))
     }
@@ -325,7 +337,10 @@ impl Spool {
     pub(crate) fn record_ready(&mut self, r: pb::RecordReady) -> Result<(), SpoolError> {
         self.open.remove(&r.task_id);
         self.forget_checkpoint(&r.task_id);
-        self.undelivered.insert(r.bundle_file.clone(), r.clone());
+        self.undelivered_bytes += r.bundle_json.len() as u64;
+        if let Some(old) = self.undelivered.insert(r.bundle_file.clone(), r.clone()) {
+            self.undelivered_bytes -= old.bundle_json.len() as u64;
+        }
         self.spooled_at
             .insert(r.bundle_file.clone(), std::time::Instant::now());
         self.append(Kind::RecordReady(r), true)
@@ -334,9 +349,10 @@ impl Spool {
     /// The record is in its bundle file.
     pub(crate) fn delivered(&mut self, bundle_file: &str) -> Result<(), SpoolError> {
         self.spooled_at.remove(bundle_file);
-        if self.undelivered.remove(bundle_file).is_none() {
+        let Some(old) = self.undelivered.remove(bundle_file) else {
             return Ok(());
-        }
+        };
+        self.undelivered_bytes -= old.bundle_json.len() as u64;
         self.append(
             Kind::RecordDelivered(pb::RecordDelivered {
                 bundle_file: bundle_file.into(),
@@ -370,6 +386,26 @@ impl Spool {
         self.undelivered.len()
     }
 
+    /// Bytes of the records waiting for delivery.
+    pub(crate) fn undelivered_bytes(&self) -> u64 {
+        self.undelivered_bytes
+    }
+
+    /// How long the oldest record has been waiting (for a record a
+    /// previous daemon left: at least since this one started).
+    pub(crate) fn oldest_waiting(&self) -> Option<std::time::Duration> {
+        self.undelivered
+            .keys()
+            .map(|k| {
+                self.spooled_at
+                    .get(k)
+                    .copied()
+                    .unwrap_or(self.opened_at)
+                    .elapsed()
+            })
+            .max()
+    }
+
     pub(crate) fn heartbeat(&mut self) -> Result<(), SpoolError> {
         self.append(Kind::Heartbeat(pb::Heartbeat {}), false)
     }
@@ -385,204 +421,4 @@ impl Spool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn task(id: &str) -> pb::TaskOpened {
-        pb::TaskOpened {
-            task_id: id.into(),
-            cgroup_id: 7,
-            cgroup_path: "/kubepods/x".into(),
-            traced_since_ns: 1,
-            ..Default::default()
-        }
-    }
-
-    fn ready(id: &str, file: &str) -> pb::RecordReady {
-        pb::RecordReady {
-            task_id: id.into(),
-            bundle_file: file.into(),
-            bundle_json: b"{\"fragments\":[]}\n".to_vec().into(),
-        }
-    }
-
-    /// What a previous run left comes back: open tasks with a gap that
-    /// starts at its last heartbeat, undelivered records; delivered ones
-    /// and closed tasks do not.
-    #[test]
-    fn replay_after_a_crash() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("spool");
-        {
-            let (mut s, rec) = Spool::open(&d, "n1").unwrap();
-            assert!(rec.open_tasks.is_empty() && rec.undelivered.is_empty());
-            s.task_opened(task("a")).unwrap();
-            s.task_opened(task("b")).unwrap();
-            s.task_opened(task("c")).unwrap();
-            s.record_ready(ready("b", "rb.json")).unwrap();
-            s.record_ready(ready("x", "rx.json")).unwrap();
-            s.delivered("rx.json").unwrap();
-            s.task_closed("c").unwrap();
-            s.heartbeat().unwrap();
-            // Dropped without any shutdown: as after kill -9.
-        }
-        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&d), 0o700);
-        assert_eq!(mode(&d.join(FILE_NAME)), 0o600);
-        let (s, rec) = Spool::open(&d, "n1").unwrap();
-        let ids: Vec<_> = rec.open_tasks.iter().map(|t| t.task_id.as_str()).collect();
-        assert_eq!(ids, ["a"]);
-        let gap = &rec.open_tasks[0].gaps[0];
-        assert_eq!(gap.from_ns, 1, "from the start of the capture");
-        assert!(gap.to_ns >= rec.last_alive_ns.unwrap());
-        let files: Vec<_> = rec
-            .undelivered
-            .iter()
-            .map(|r| r.bundle_file.as_str())
-            .collect();
-        assert_eq!(files, ["rb.json"]);
-        assert_eq!(
-            (rec.corrupt_entries, rec.torn_bytes, rec.rebooted),
-            (0, 0, false)
-        );
-        // Compacted: header, one task, one record, a heartbeat.
-        let (entries, _, _) = decode_journal(&fs::read(s.path()).unwrap());
-        assert_eq!(entries.len(), 4);
-        // A second restart adds a second gap to the same task.
-        drop(s);
-        let (_, rec2) = Spool::open(&d, "n1").unwrap();
-        let gaps = &rec2.open_tasks[0].gaps;
-        assert_eq!(gaps.len(), 2);
-        assert_eq!(gaps[1].from_ns, gaps[0].to_ns, "contiguous");
-    }
-
-    /// A crash mid-write leaves a torn last entry: cut off, the rest kept.
-    /// A flipped byte inside an entry: that entry skipped and counted.
-    #[test]
-    fn torn_and_corrupt_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("spool");
-        let path = d.join(FILE_NAME);
-        {
-            let (mut s, _) = Spool::open(&d, "n1").unwrap();
-            s.record_ready(ready("a", "ra.json")).unwrap();
-            s.record_ready(ready("b", "rb.json")).unwrap();
-        }
-        let mut bytes = fs::read(&path).unwrap();
-        let whole = bytes.len();
-        // Flip a byte in the last record's payload (the last 10 bytes are
-        // its JSON), then append half of another entry.
-        bytes[whole - 5] ^= 0x55;
-        let extra = frame(Kind::RecordReady(ready("c", "rc.json")));
-        bytes.extend_from_slice(&extra[..extra.len() / 2]);
-        fs::write(&path, &bytes).unwrap();
-        let (_, rec) = Spool::open(&d, "n1").unwrap();
-        let files: Vec<_> = rec
-            .undelivered
-            .iter()
-            .map(|r| r.bundle_file.as_str())
-            .collect();
-        assert_eq!(files, ["ra.json"]);
-        assert_eq!(rec.corrupt_entries, 1);
-        assert_eq!(rec.torn_bytes, (extra.len() / 2) as u64);
-        // What was cut off is gone from the rewritten journal.
-        let (_, corrupt, valid) = decode_journal(&fs::read(&path).unwrap());
-        assert_eq!((corrupt, valid), (0, fs::read(&path).unwrap().len()));
-    }
-
-    /// With a checkpoint, the gap starts at the checkpoint, and the state
-    /// comes back; a task's record drops its checkpoint.
-    #[test]
-    fn checkpoint_bounds_the_gap() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (mut s, _) = Spool::open(dir.path(), "n1").unwrap();
-            s.task_opened(task("a")).unwrap();
-            s.task_opened(task("b")).unwrap();
-            for at_ns in [5, 9] {
-                for id in ["a", "b"] {
-                    s.checkpoint(pb::TaskCheckpoint {
-                        task_id: id.into(),
-                        cgroup_id: 7,
-                        at_ns,
-                        state: Some(pb::TaskState {
-                            files_overflow: at_ns,
-                            ..Default::default()
-                        }),
-                    })
-                    .unwrap();
-                }
-            }
-            s.record_ready(ready("b", "rb.json")).unwrap();
-            // Not open: ignored.
-            s.checkpoint(pb::TaskCheckpoint {
-                task_id: "zzz".into(),
-                ..Default::default()
-            })
-            .unwrap();
-        }
-        let (_, rec) = Spool::open(dir.path(), "n1").unwrap();
-        assert_eq!(rec.open_tasks.len(), 1);
-        assert_eq!(rec.open_tasks[0].gaps[0].from_ns, 9);
-        let ids: Vec<_> = rec.checkpoints.keys().map(String::as_str).collect();
-        assert_eq!(ids, ["a"]);
-        assert_eq!(
-            rec.checkpoints["a"].state.as_ref().unwrap().files_overflow,
-            9
-        );
-    }
-
-    /// With the programs pinned across the crash, the gap ends at the last
-    /// heartbeat; a task checkpointed after it has no gap at all.
-    #[test]
-    fn capture_continued_shrinks_the_gap() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (mut s, _) = Spool::open(dir.path(), "n1").unwrap();
-            s.task_opened(task("a")).unwrap();
-            s.heartbeat().unwrap();
-        }
-        let (mut s, rec) = Spool::open(dir.path(), "n1").unwrap();
-        let alive = rec.last_alive_ns.unwrap();
-        assert!(s.open_task("a").unwrap().gaps[0].to_ns > alive);
-        s.capture_continued(alive);
-        let g = &s.open_task("a").unwrap().gaps[0];
-        assert_eq!((g.from_ns, g.to_ns), (1, alive));
-        assert!(g.why.contains("pinned"));
-        s.capture_continued(alive + 10);
-        assert_eq!(s.open_task("a").unwrap().gaps.len(), 1, "older gaps kept");
-    }
-
-    #[test]
-    fn refuses_another_nodes_spool() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Spool::open(dir.path(), "n1").unwrap());
-        let err = Spool::open(dir.path(), "n2").err().unwrap().to_string();
-        assert!(err.contains("\"n1\"") && err.contains("\"n2\""), "{err}");
-    }
-
-    #[test]
-    fn grows_then_compacts() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(dir.path(), "n1").unwrap();
-        let big = pb::RecordReady {
-            bundle_json: vec![b'x'; 1 << 20].into(),
-            ..ready("t", "r.json")
-        };
-        for i in 0..20 {
-            s.record_ready(pb::RecordReady {
-                task_id: format!("t{i}"),
-                bundle_file: format!("r{i}.json"),
-                ..big.clone()
-            })
-            .unwrap();
-            s.delivered(&format!("r{i}.json")).unwrap();
-        }
-        assert!(s.bytes() < COMPACT_SLACK + (2 << 20), "{}", s.bytes());
-        assert_eq!(
-            fs::metadata(s.path()).unwrap().len(),
-            s.bytes(),
-            "size tracked"
-        );
-    }
-}
+mod tests;
