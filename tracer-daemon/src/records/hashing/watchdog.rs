@@ -8,7 +8,8 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::Ordering,
+        mpsc::{self, RecvTimeoutError},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -27,7 +28,10 @@ struct Live {
 
 pub(super) struct Watchdog {
     workers: Arc<Mutex<Vec<Live>>>,
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the watchdog: it wakes at once instead of at the
+    /// end of its tick (a sleep here made every `run` wait up to 250 ms
+    /// before its record).
+    stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -38,14 +42,14 @@ impl Watchdog {
             .map(|_| spawn_worker(&shared))
             .collect::<std::io::Result<Vec<_>>>()?;
         let workers = Arc::new(Mutex::new(live));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (w, s) = (workers.clone(), stop.clone());
+        let (stop, stopped) = mpsc::channel();
+        let w = workers.clone();
         let thread = std::thread::Builder::new()
             .name("hash-watchdog".into())
-            .spawn(move || watch(shared, w, s))?;
+            .spawn(move || watch(shared, w, stopped))?;
         Ok(Self {
             workers,
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
@@ -60,7 +64,7 @@ impl Watchdog {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.stop.store(true, Ordering::Release);
+        drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -83,11 +87,10 @@ fn spawn_worker(shared: &Arc<Shared>) -> std::io::Result<Live> {
     Ok(Live { state, thread })
 }
 
-fn watch(shared: Arc<Shared>, workers: Arc<Mutex<Vec<Live>>>, stop: Arc<AtomicBool>) {
+fn watch(shared: Arc<Shared>, workers: Arc<Mutex<Vec<Live>>>, stopped: mpsc::Receiver<()>) {
     let tick =
         (shared.budget.stall / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(tick);
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
         let now = Instant::now();
         let mut live = lock(&workers);
         let mut i = 0;
